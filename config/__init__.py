@@ -1,0 +1,8 @@
+"""Typed settings from the environment (prefix WAFLEET_) and the Celery configuration.
+
+Read only by entry points: the CLI, worker and gateway start-up, Alembic's env, tests. Every
+other package takes plain values. A missing or invalid setting stops start-up with one line
+naming the variable and what is wrong (config.settings.load_settings).
+
+Must not import: anything first-party.
+"""

@@ -1,0 +1,14 @@
+"""The sans-I/O core of the WhatsApp stack: pure functions and state machines over bytes.
+
+Owns: errors (the error tree), inject (rng/clock types), curve (X25519, curve25519
+signatures), framing and noise (transport), binary (nodes and token tables), jid, proto (our
+.proto files and their generated Python), and, as they land, signal, pairing, media and the
+`Connection` state machine.
+
+Must not import: asyncio, socket, time, os, random, secrets, threading, websockets, sqlalchemy,
+redis, celery, kombu, or protocol.aio / protocol.simulator / protocol.store (enforced by
+import-linter). Randomness arrives as `rng(n) -> bytes`, time as `now() -> float`, so every step
+replays from a recorded vector.
+
+Entry points: the modules themselves; nothing runs on import.
+"""
