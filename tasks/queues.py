@@ -1,0 +1,21 @@
+"""Queue names and task names: the stable public contract with other services (DESIGN §2, §3.4).
+
+Other services enqueue by these names with `send_task`, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+ACCEPT_QUEUE = "wa.accept"  # validation + outbox write for outbound messages
+INBOUND_QUEUE = "wa.inbound"  # routing of received messages into Postgres
+WEBHOOKS_QUEUE = "wa.webhooks"  # webhook deliveries from the outbox
+HOUSEKEEPING_QUEUE = "wa.housekeeping"  # beat-driven sweeps
+OUT_QUEUE_PREFIX = "wa.out."  # one queue per instance, consumed only by its owner
+
+SEND_MESSAGE_TASK = "wafleet.send_message"
+DELIVER_TASK = "wafleet.deliver"
+ROUTE_INBOUND_TASK = "wafleet.route_inbound"
+
+
+def out_queue(instance_id: object) -> str:
+    """The per-instance outbound queue, `wa.out.<instance_id>` (DESIGN §3.4)."""
+    return f"{OUT_QUEUE_PREFIX}{instance_id}"
