@@ -17,8 +17,11 @@ Tables and their invariants (DESIGN §3):
                                             unique per tenant, WhatsApp id and per-chat sequence
                                             unique per instance
     webhook_endpoints, webhook_deliveries   the webhook outbox; one delivery per endpoint+event
-Leases and worker membership live in Redis (fleet), not here; the fencing token counter may be
-added as a table by the fleet if Redis alone proves too weak.
+    instance_leases                         who owns each instance's socket, with a fencing token
+                                            that grows on every acquisition (DESIGN §3.1)
+    fleet_members                           live session workers and their heartbeats (§3.2)
+Leases and membership live here, beside the outbox, so fenced state changes are checked in the
+same database where they take effect (storage.leases).
 """
 
 from __future__ import annotations
@@ -460,6 +463,34 @@ class WebhookDelivery(Base):
     )
 
 
+class InstanceLease(Base):
+    """Ownership of an instance's socket. `token` grows on every acquisition (never reset)."""
+
+    __tablename__ = "instance_leases"
+
+    instance_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str | None] = mapped_column(String(128))
+    token: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[datetime | None]
+    acquired_at: Mapped[datetime | None]
+
+    __table_args__ = (Index(None, "owner"),)
+
+
+class FleetMember(Base):
+    """A live session worker: its heartbeat, and whether it is draining (leaving)."""
+
+    __tablename__ = "fleet_members"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    heartbeat_at: Mapped[datetime]
+    started_at: Mapped[datetime]
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
+    capacity: Mapped[int] = mapped_column(Integer, default=1)
+
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -469,8 +500,10 @@ __all__ = [
     "DeliveryStatus",
     "DeviceCredentials",
     "Direction",
+    "FleetMember",
     "Instance",
     "InstanceDataKey",
+    "InstanceLease",
     "InstanceStatus",
     "LinkMethod",
     "Message",
