@@ -18,6 +18,7 @@ from tasks.queues import (
     DELIVER_TASK,
     HOUSEKEEPING_QUEUE,
     INBOUND_QUEUE,
+    MESSAGE_STATUS_TASK,
     ROUTE_INBOUND_TASK,
     SEND_MESSAGE_TASK,
     WEBHOOKS_QUEUE,
@@ -36,13 +37,27 @@ BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
 STATIC_QUEUES = (ACCEPT_QUEUE, INBOUND_QUEUE, WEBHOOKS_QUEUE, HOUSEKEEPING_QUEUE)
 
 
-def celery_config(broker_url: str, *, result_backend: str | None = None) -> dict[str, Any]:
-    """The Celery settings dict for `app.conf.update(...)`."""
+def celery_config(
+    broker_url: str, *, result_backend: str | None = None, key_prefix: str = ""
+) -> dict[str, Any]:
+    """The Celery settings dict for `app.conf.update(...)`.
+
+    `key_prefix` namespaces every broker and result key on Redis (kombu's `global_keyprefix`),
+    so several deployments, or test runs, can share one Redis without seeing each other.
+    """
     default_exchange = Exchange("wafleet", type="direct")
+    transport = dict(BROKER_TRANSPORT_OPTIONS)
+    backend_options: dict[str, Any] = {}
+    if key_prefix and broker_url.startswith(("redis://", "rediss://", "unix://")):
+        transport["global_keyprefix"] = f"{key_prefix}:"
+    if key_prefix and result_backend and result_backend.startswith(("redis://", "rediss://")):
+        backend_options["global_keyprefix"] = f"{key_prefix}:"
     return {
         "broker_url": broker_url,
         "result_backend": result_backend,
-        "broker_transport_options": dict(BROKER_TRANSPORT_OPTIONS),
+        "result_backend_transport_options": backend_options,
+        "result_extended": False,
+        "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -58,6 +73,7 @@ def celery_config(broker_url: str, *, result_backend: str | None = None) -> dict
         "task_routes": {
             SEND_MESSAGE_TASK: {"queue": ACCEPT_QUEUE},
             ROUTE_INBOUND_TASK: {"queue": INBOUND_QUEUE},
+            MESSAGE_STATUS_TASK: {"queue": INBOUND_QUEUE},
             "wafleet.webhooks.*": {"queue": WEBHOOKS_QUEUE},
             "wafleet.housekeeping.*": {"queue": HOUSEKEEPING_QUEUE},
             # DELIVER_TASK has no static route: the producer names wa.out.<instance_id>.

@@ -14,6 +14,7 @@ OUT_QUEUE_PREFIX = "wa.out."  # one queue per instance, consumed only by its own
 SEND_MESSAGE_TASK = "wafleet.send_message"
 DELIVER_TASK = "wafleet.deliver"
 ROUTE_INBOUND_TASK = "wafleet.route_inbound"
+MESSAGE_STATUS_TASK = "wafleet.message_status"
 
 
 def out_queue(instance_id: object) -> str:

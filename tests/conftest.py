@@ -13,3 +13,5 @@ settings.register_profile(
 )
 settings.register_profile("fuzz", parent=settings.get_profile("default"), max_examples=100_000)
 settings.load_profile(os.environ.get("WAFLEET_HYPOTHESIS_PROFILE", "default"))
+
+pytest_plugins = ["tests.fixtures"]

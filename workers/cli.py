@@ -6,6 +6,7 @@
     wafleet instance create --tenant T --name N [--phone DIGITS] | list [--tenant T]
                    | delete ID [--tenant T]
     wafleet keys generate | keys rotate
+    wafleet worker routing [--queues Q,...] [--concurrency N] [--pool prefork|threads|solo]
     wafleet demo
 
 Every command reads settings from the environment (config.settings). Bad input gets one precise
@@ -248,6 +249,19 @@ def cmd_keys_rotate(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
+    from workers.routing import run_routing_worker
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    run_routing_worker(
+        ctx.settings,
+        queues=queues,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        hostname=args.hostname,
+    )
+
+
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from workers.demo import run_demo
 
@@ -303,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="sub", required=True)
     add(keys, "generate", cmd_keys_generate, "print a new random master key")
     add(keys, "rotate", cmd_keys_rotate, "re-wrap every data key under WAFLEET_MASTER_KEY")
+
+    worker = sub.add_parser("worker", help="fleet processes").add_subparsers(
+        dest="sub", required=True
+    )
+    p = add(worker, "routing", cmd_worker_routing, "Celery worker for accept/inbound/webhooks")
+    p.add_argument("--queues", help="comma-separated queues (default: all stateless queues)")
+    p.add_argument("--concurrency", type=int, help="worker processes/threads")
+    p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    p.add_argument("--hostname", help="Celery node name")
 
     p = sub.add_parser("demo", help="run the fleet on the embedded default")
     p.set_defaults(handler=cmd_demo)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from tests.storage.conftest import create_database, drop_database
+from tests.fixtures import create_database, drop_database
 from workers.cli import main
 
 KEY = "33" * 32

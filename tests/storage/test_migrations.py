@@ -9,7 +9,7 @@ from sqlalchemy import Engine, inspect
 from storage import migrations
 from storage.db import create_engine_from_url
 from storage.models import Base
-from tests.storage.conftest import create_database, drop_database
+from tests.fixtures import create_database, drop_database
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}
 

@@ -1,6 +1,7 @@
-"""Storage fixtures on REAL services: a fresh Postgres database per test run (migrated once,
-tables truncated between tests), SQLite files for the embedded backend, and a Redis client
-with a per-run key prefix. Missing services fail the run under CI (tests/services.py)."""
+"""Service fixtures on REAL services, shared by every test package (tests/conftest.py): a fresh
+Postgres database per test run (migrated once, tables truncated between tests), SQLite files for
+the embedded backend, and a Redis client with a per-run key prefix. Missing services fail the
+run under CI (tests/services.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""Recording fleet events: the webhook outbox rows (in the caller's transaction) and the
+per-tenant Redis stream (after commit). Event types are listed in storage.bus."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import WebhookEndpoint
+from storage.repositories.webhooks import enqueue_delivery
+
+
+def wants(endpoint: WebhookEndpoint, event_type: str, instance_id: uuid.UUID | None) -> bool:
+    spec = endpoint.events or {}
+    types = spec.get("types")
+    instances = spec.get("instances")
+    if types and event_type not in types:
+        return False
+    return not (instances and (instance_id is None or str(instance_id) not in instances))
+
+
+def record_webhooks(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    event_id: str,
+    event_type: str,
+    instance_id: uuid.UUID | None,
+    data: dict[str, Any],
+) -> int:
+    """Add a delivery for every enabled endpoint of the tenant that wants this event.
+
+    Idempotent on (endpoint, event_id): a redelivered inbound message adds nothing twice.
+    Returns how many deliveries were new.
+    """
+    endpoints = session.scalars(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    payload = {
+        "id": event_id,
+        "type": event_type,
+        "instance_id": None if instance_id is None else str(instance_id),
+        "data": data,
+    }
+    new = 0
+    for endpoint in endpoints:
+        if wants(endpoint, event_type, instance_id):
+            new += enqueue_delivery(
+                session,
+                endpoint=endpoint,
+                event_id=event_id,
+                event_type=event_type,
+                payload=payload,
+            ).created
+    return new

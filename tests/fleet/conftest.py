@@ -1,0 +1,89 @@
+"""Fleet fixtures: real worker processes on the real test database and Redis (no eager mode)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from config.settings import Settings
+from tests.services import REDIS_URL
+from workers.routing import configure_producer
+
+ROOT = Path(__file__).resolve().parents[2]
+MASTER_KEY = "44" * 32
+
+
+@pytest.fixture(scope="session")
+def fleet_settings(pg_url: str, redis_prefix: str, redis_client: object) -> Settings:
+    return Settings(
+        database_url=pg_url,
+        broker_url=REDIS_URL,
+        redis_url=REDIS_URL,
+        redis_prefix=f"{redis_prefix}-fleet",
+        master_key=MASTER_KEY,
+        log_level="WARNING",
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAFLEET_")}
+    env.update(
+        {
+            "WAFLEET_DATABASE_URL": settings.effective_database_url,
+            "WAFLEET_BROKER_URL": settings.broker_url,
+            "WAFLEET_REDIS_URL": settings.redis_url,
+            "WAFLEET_REDIS_PREFIX": settings.redis_prefix,
+            "WAFLEET_MASTER_KEY": MASTER_KEY,
+            "WAFLEET_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def producer(fleet_settings: Settings) -> Celery:
+    """tasks.app configured to publish to the test run's queues (what other services do)."""
+    configure_producer(fleet_settings)
+    from tasks.app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def routing_worker(fleet_settings: Settings, producer: Celery) -> Iterator[subprocess.Popen[bytes]]:
+    log = open(ROOT / ".pytest_cache" / "routing-worker.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "worker",
+            "routing",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "2",
+            "--hostname",
+            f"routing-{os.getpid()}@test",
+        ],
+        env=worker_env(fleet_settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    yield proc
+    proc.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
