@@ -68,10 +68,9 @@ def _primary_wrapped() -> bytes:
 
 def test_bundle_and_adv_vectors_companion_side() -> None:
     finish = lc.companion_finish(
-        code=CODE,
         companion_ephemeral=COMPANION_EPH,
         companion_identity=COMPANION_IDENT,
-        wrapped_primary_ephemeral=_primary_wrapped(),
+        primary_ephemeral_public=lc.unwrap_key(CODE, _primary_wrapped()),
         primary_identity_public=PRIMARY_IDENT.public,
         # Baileys' draw order: advRandom, bundle salt, nonce.
         rng=fixed(
@@ -139,10 +138,9 @@ def test_wrong_code_fails_at_the_bundle() -> None:
     # check fails. (CTR wrapping has no tag; this is where a wrong code shows.)
     wrong = PairingCode("ABCD1235")
     finish = lc.companion_finish(
-        code=wrong,
         companion_ephemeral=COMPANION_EPH,
         companion_identity=COMPANION_IDENT,
-        wrapped_primary_ephemeral=_primary_wrapped(),
+        primary_ephemeral_public=lc.unwrap_key(wrong, _primary_wrapped()),
         primary_identity_public=PRIMARY_IDENT.public,
         rng=fixed(b"\x01" * 76),
     )
@@ -186,10 +184,9 @@ def test_full_exchange_both_roles(companion_seed: bytes, primary_seed: bytes) ->
         rng=p_rng,
     )
     finish = lc.companion_finish(
-        code=code,
         companion_ephemeral=c_eph,
         companion_identity=c_ident,
-        wrapped_primary_ephemeral=hello.wrapped_primary_ephemeral,
+        primary_ephemeral_public=lc.unwrap_key(code, hello.wrapped_primary_ephemeral),
         primary_identity_public=p_ident.public,
         rng=c_rng,
     )

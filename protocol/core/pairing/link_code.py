@@ -3,8 +3,9 @@
 Companion (our client):
 1. `PairingCode.generate(rng)` (or `PairingCode.parse(text)` for a caller's code), then
    `companion_hello(code, companion_ephemeral, rng)` → the 80-byte wrapped ephemeral key.
-2. On the primary's notification: `companion_finish(...)` → the 156-byte key bundle for
-   `companion_finish` and the new adv secret.
+2. On the primary's notification: `unwrap_key(code, wrapped_primary_ephemeral)`, then
+   `companion_finish(...)` → the 156-byte key bundle for `companion_finish` and the new adv
+   secret.
 
 Primary (the simulator's phone):
 1. `primary_hello(code, wrapped_companion_ephemeral, primary_ephemeral, rng)` → the companion's
@@ -112,23 +113,42 @@ def derive_code_key(code: PairingCode, salt: bytes) -> bytes:
 
 
 def wrap_key(code: PairingCode, public: bytes, rng: Rng) -> bytes:
-    """`salt(32) || iv(16) || AES-256-CTR(PBKDF2(code, salt), iv, public)` (80 bytes, §9.1)."""
-    if len(public) != KEY_LEN:
-        raise PairingError("ephemeral key must be 32 bytes", reason=LinkCodeFailure.BAD_LENGTH)
+    """`salt(32) || iv(16) || AES-256-CTR(PBKDF2(code, salt), iv, public)` (80 bytes, §9.1).
+
+    rng draws in Baileys' order: salt(32), iv(16).
+    """
     salt = rng(PBKDF2_SALT_LEN)
     iv = rng(CTR_IV_LEN)
-    return salt + iv + _ctr(derive_code_key(code, salt), iv, public)
+    return seal_key(derive_code_key(code, salt), salt, iv, public)
 
 
 def unwrap_key(code: PairingCode, wrapped: bytes) -> bytes:
     """Inverse of `wrap_key`. A wrong code is not detectable here (CTR has no tag)."""
+    _check_wrapped(wrapped)
+    return open_key(derive_code_key(code, wrapped[:PBKDF2_SALT_LEN]), wrapped)
+
+
+def seal_key(code_key: bytes, salt: bytes, iv: bytes, public: bytes) -> bytes:
+    """`wrap_key` with the PBKDF2 step done by the caller (`derive_code_key(code, salt)`)."""
+    if len(public) != KEY_LEN:
+        raise PairingError("ephemeral key must be 32 bytes", reason=LinkCodeFailure.BAD_LENGTH)
+    if len(salt) != PBKDF2_SALT_LEN or len(iv) != CTR_IV_LEN:
+        raise PairingError("bad salt or iv length", reason=LinkCodeFailure.BAD_LENGTH)
+    return salt + iv + _ctr(code_key, iv, public)
+
+
+def open_key(code_key: bytes, wrapped: bytes) -> bytes:
+    """`unwrap_key` with the PBKDF2 step done by the caller (salt = `wrapped[:32]`)."""
+    _check_wrapped(wrapped)
+    iv = wrapped[PBKDF2_SALT_LEN : PBKDF2_SALT_LEN + CTR_IV_LEN]
+    return _ctr(code_key, iv, wrapped[PBKDF2_SALT_LEN + CTR_IV_LEN :])
+
+
+def _check_wrapped(wrapped: bytes) -> None:
     if len(wrapped) != WRAPPED_KEY_LEN:
         raise PairingError(
             "wrapped key must be 80 bytes", reason=LinkCodeFailure.BAD_LENGTH, length=len(wrapped)
         )
-    salt = wrapped[:PBKDF2_SALT_LEN]
-    iv = wrapped[PBKDF2_SALT_LEN : PBKDF2_SALT_LEN + CTR_IV_LEN]
-    return _ctr(derive_code_key(code, salt), iv, wrapped[PBKDF2_SALT_LEN + CTR_IV_LEN :])
 
 
 # --- companion steps --------------------------------------------------------------------------
@@ -149,18 +169,19 @@ class CompanionFinish:
 
 def companion_finish(
     *,
-    code: PairingCode,
     companion_ephemeral: KeyPair,
     companion_identity: KeyPair,
-    wrapped_primary_ephemeral: bytes,
+    primary_ephemeral_public: bytes,
     primary_identity_public: bytes,
     rng: Rng,
 ) -> CompanionFinish:
-    """Stage 2 → 3 (SPEC §9.3): unwrap, agree, encrypt the bundle, derive the adv secret.
+    """Stage 2 → 3 (SPEC §9.3): agree, encrypt the bundle, derive the adv secret.
 
-    rng draws in Baileys' order: advRandom(32), bundle salt(32), GCM nonce(12).
+    `primary_ephemeral_public` is `unwrap_key(code, <wrapped_primary_ephemeral_pub>)` (the
+    PBKDF2 step, kept separate). rng draws in Baileys' order: advRandom(32), bundle
+    salt(32), GCM nonce(12).
     """
-    primary_ephemeral = unwrap_key(code, wrapped_primary_ephemeral)
+    primary_ephemeral = _key(primary_ephemeral_public)
     primary_identity = _key(primary_identity_public)
     eph_shared = _agree(companion_ephemeral.private, primary_ephemeral)
     adv_random = rng(ADV_RANDOM_LEN)
