@@ -1,0 +1,447 @@
+"""The plaintext layer inside Signal: padding, the `Message` protobuf, message ids.
+
+Owns (SPEC §10.9, §13.1, §13.2, §15.1):
+* `pad` / `unpad` — WhatsApp's random 1..16 byte padding around the serialized `Message`.
+* `encode_message` (serialize + pad, for sending) and `decode_message` (unpad + parse, for
+  receiving; protobuf garbage becomes `DecodeError`).
+* `wrap_for_own_devices` / `unwrap_device_sent` — the `deviceSentMessage` envelope used for the
+  sender's own other devices.
+* `extract_content` — the user-visible part of a `Message` as typed values (`Text`, `Media`,
+  `Reaction`, `Protocol`, `Unsupported`) that the client turns into events.
+* `generate_message_id` — `generateMessageIDV2` ids, time and randomness injected.
+
+Takes and returns bytes and protobuf values; never binary nodes, Signal state or I/O. Must not
+import asyncio, time, os, random or anything outside `protocol.core` (SPEC §5 of DESIGN).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from typing import NewType
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import EncodeError as ProtobufEncodeError
+
+from protocol.core.errors import DecodeError
+from protocol.core.inject import Clock, Rng
+from protocol.core.media import MediaType
+from protocol.core.proto import e2e_pb2
+
+MessageID = NewType("MessageID", str)
+
+PAD_MASK = 0x0F  # SPEC §10.9: Baileys `writeRandomPadMax16`, n = (random & 0x0F) + 1
+MESSAGE_ID_PREFIX = "3EB0"  # SPEC §13.1: `generateMessageIDV2`, whatsmeow `WebMessageIDPrefix`
+MESSAGE_ID_HASH_BYTES = 9  # SPEC §13.1: 18 upper-hex characters of SHA-256
+MESSAGE_ID_USER_FIELD = 20  # Baileys generics.js: fixed 8 + 20 + 16 byte buffer, user at offset 8
+MESSAGE_ID_RANDOM_BYTES = 16  # SPEC §13.1
+MESSAGE_ID_USER_SUFFIX = b"@c.us"  # SPEC §13.1
+
+
+# --- padding (SPEC §10.9) ---------------------------------------------------------------------
+
+
+def pad(data: bytes, rng: Rng) -> bytes:
+    """Append n ∈ 1..16 bytes of value n, n drawn from one rng byte (Baileys' rule)."""
+    n = (rng(1)[0] & PAD_MASK) + 1
+    return data + bytes([n]) * n
+
+
+def unpad(data: bytes) -> bytes:
+    """Drop the padding. An empty input, a last byte 0 or one longer than the data is an error.
+
+    Like Baileys' `unpadRandomMax16` only the last byte is read; the pad bytes' values are not
+    checked (whatsmeow's 1..15 padding and Baileys' 1..16 both pass).
+    """
+    if not data:
+        raise DecodeError("padded plaintext is empty", length=0)
+    n = data[-1]
+    if n == 0 or n > len(data):
+        raise DecodeError("bad plaintext padding", length=len(data), pad=n)
+    return data[:-n]
+
+
+# --- Message protobuf (SPEC §13.2, §15.1) -----------------------------------------------------
+
+
+def serialize_message(message: e2e_pb2.Message) -> bytes:
+    """The protobuf bytes of `message` (field-number order, as protobufjs writes them)."""
+    try:
+        return message.SerializeToString()
+    except ProtobufEncodeError as exc:  # a proto2 required field is unset; none in our schema
+        raise DecodeError("message does not serialize", reason=str(exc)) from None
+
+
+def parse_message(data: bytes) -> e2e_pb2.Message:
+    """Parse protobuf bytes as `Message`; garbage raises DecodeError."""
+    message = e2e_pb2.Message()
+    try:
+        message.ParseFromString(data)
+    except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+        # RuntimeError: recursion limit of nested messages; ValueError: invalid UTF-8 in a
+        # string field (upb validates on parse for some field shapes).
+        raise DecodeError("plaintext is not a Message protobuf", length=len(data)) from exc
+    return message
+
+
+def encode_message(message: e2e_pb2.Message, rng: Rng) -> bytes:
+    """Serialize and pad: the plaintext handed to Signal encryption (SPEC §13.2)."""
+    return pad(serialize_message(message), rng)
+
+
+def decode_message(padded: bytes) -> e2e_pb2.Message:
+    """Unpad and parse a decrypted Signal payload (`enc v="2"`, SPEC §15.1)."""
+    return parse_message(unpad(padded))
+
+
+def wrap_for_own_devices(message: e2e_pb2.Message, destination_jid: str) -> e2e_pb2.Message:
+    """`Message{deviceSentMessage{destinationJid, message}, messageContextInfo}` (SPEC §13.2).
+
+    The copy sent to the sender's own other devices in 1:1 chats (Baileys `meMsg`); the
+    original's `messageContextInfo` is repeated on the outside.
+    """
+    wrapped = e2e_pb2.Message()
+    wrapped.deviceSentMessage.destinationJid = destination_jid
+    wrapped.deviceSentMessage.message.CopyFrom(message)
+    if message.HasField("messageContextInfo"):
+        wrapped.messageContextInfo.CopyFrom(message.messageContextInfo)
+    return wrapped
+
+
+@dataclass(frozen=True, slots=True)
+class Unwrapped:
+    """A received `Message` with any `deviceSentMessage` envelope removed (SPEC §15.1)."""
+
+    message: e2e_pb2.Message
+    destination_jid: str | None  # set iff the message came wrapped from one of our own devices
+    sender_key_distribution: SenderKeyDistribution | None
+
+
+@dataclass(frozen=True, slots=True)
+class SenderKeyDistribution:
+    """The group sender key carried next to the content (SPEC §10.8, §15.1)."""
+
+    group_id: str
+    payload: bytes = field(repr=False)  # serialized SenderKeyDistributionMessage (signal layer)
+
+
+def unwrap_device_sent(message: e2e_pb2.Message) -> Unwrapped:
+    """Use `deviceSentMessage.message` when present; lift out a sender key distribution."""
+    skdm = None
+    if message.HasField("senderKeyDistributionMessage"):
+        s = message.senderKeyDistributionMessage
+        skdm = SenderKeyDistribution(
+            group_id=_str(s.groupId), payload=s.axolotlSenderKeyDistributionMessage
+        )
+    if message.HasField("deviceSentMessage"):
+        dsm = message.deviceSentMessage
+        inner = e2e_pb2.Message()
+        inner.CopyFrom(dsm.message)
+        if not inner.HasField("messageContextInfo") and message.HasField("messageContextInfo"):
+            inner.messageContextInfo.CopyFrom(message.messageContextInfo)
+        if skdm is None and inner.HasField("senderKeyDistributionMessage"):
+            s = inner.senderKeyDistributionMessage
+            skdm = SenderKeyDistribution(
+                group_id=_str(s.groupId), payload=s.axolotlSenderKeyDistributionMessage
+            )
+        return Unwrapped(
+            message=inner, destination_jid=_str(dsm.destinationJid), sender_key_distribution=skdm
+        )
+    return Unwrapped(message=message, destination_jid=None, sender_key_distribution=skdm)
+
+
+# --- user-visible content ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """A `MessageKey`: which message a reaction, revoke or edit points at."""
+
+    remote_jid: str
+    from_me: bool
+    id: str
+    participant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The `contextInfo` reply reference of a message, if any."""
+
+    stanza_id: str
+    participant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    text: str
+    quote: Quote | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """A media message's download and display metadata (SPEC §11.6)."""
+
+    media_type: MediaType
+    mimetype: str
+    url: str
+    direct_path: str
+    media_key: bytes = field(repr=False)
+    file_sha256: bytes = field(repr=False)
+    file_enc_sha256: bytes = field(repr=False)
+    file_length: int
+    media_key_timestamp: int
+    caption: str | None = None
+    file_name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seconds: int | None = None
+    quote: Quote | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """An emoji reaction; an empty `text` removes the reaction."""
+
+    target: MessageRef
+    text: str
+    sender_timestamp_ms: int
+
+
+class ProtocolType(enum.IntEnum):
+    """`ProtocolMessage.Type` values of our schema (e2e.proto)."""
+
+    REVOKE = 0
+    EPHEMERAL_SETTING = 3
+    EPHEMERAL_SYNC_RESPONSE = 4
+    HISTORY_SYNC_NOTIFICATION = 5
+    APP_STATE_SYNC_KEY_SHARE = 6
+    APP_STATE_SYNC_KEY_REQUEST = 7
+    MSG_FANOUT_BACKFILL_REQUEST = 8
+    INITIAL_SECURITY_NOTIFICATION_SETTING_SYNC = 9
+    APP_STATE_FATAL_EXCEPTION_NOTIFICATION = 10
+    SHARE_PHONE_NUMBER = 11
+    MESSAGE_EDIT = 14
+    PEER_DATA_OPERATION_REQUEST_MESSAGE = 16
+    PEER_DATA_OPERATION_REQUEST_RESPONSE_MESSAGE = 17
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """A protocol message (revoke, edit, ephemeral setting, ...). `type` is None if unknown."""
+
+    type: ProtocolType | None
+    target: MessageRef | None
+    edited: Content | None = None
+    ephemeral_expiration: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """Nothing we interpret; `fields` names the `Message` fields that were set."""
+
+    fields: tuple[str, ...]
+
+
+Content = Text | Media | Reaction | Protocol | Unsupported
+
+# Media fields of `Message` and the kind each carries (SPEC §6.5, §13.5 `getMediaType`).
+_MEDIA_FIELDS = (
+    "imageMessage",
+    "videoMessage",
+    "audioMessage",
+    "documentMessage",
+    "stickerMessage",
+)
+# Containers unwrapped before reading content (whatsmeow `getTypeFromMessage` does the same).
+_FUTURE_PROOF_FIELDS = ("ephemeralMessage", "viewOnceMessage")
+_MAX_CONTAINER_DEPTH = 4
+
+
+def extract_content(message: e2e_pb2.Message) -> Content:
+    """The user-visible content of an (unwrapped) `Message` as a typed value."""
+    for _ in range(_MAX_CONTAINER_DEPTH):
+        for name in _FUTURE_PROOF_FIELDS:
+            if message.HasField(name):  # type: ignore[arg-type]
+                message = getattr(message, name).message
+                break
+        else:
+            break
+    if message.HasField("conversation"):
+        return Text(text=_str(message.conversation))
+    if message.HasField("extendedTextMessage"):
+        ext = message.extendedTextMessage
+        quote = _quote(ext.contextInfo) if ext.HasField("contextInfo") else None
+        return Text(text=_str(ext.text), quote=quote)
+    for name in _MEDIA_FIELDS:
+        if message.HasField(name):  # type: ignore[arg-type]
+            return _media(message)
+    if message.HasField("reactionMessage"):
+        r = message.reactionMessage
+        return Reaction(
+            target=_ref(r.key), text=_str(r.text), sender_timestamp_ms=r.senderTimestampMs
+        )
+    if message.HasField("protocolMessage"):
+        p = message.protocolMessage
+        try:
+            ptype: ProtocolType | None = ProtocolType(p.type) if p.HasField("type") else None
+        except ValueError:
+            ptype = None
+        return Protocol(
+            type=ptype,
+            target=_ref(p.key) if p.HasField("key") else None,
+            edited=extract_content(p.editedMessage) if p.HasField("editedMessage") else None,
+            ephemeral_expiration=(
+                p.ephemeralExpiration if p.HasField("ephemeralExpiration") else None
+            ),
+        )
+    return Unsupported(fields=tuple(fd.name for fd, _ in message.ListFields()))
+
+
+def media_type_of(message: e2e_pb2.Message) -> MediaType | None:
+    """The media kind as Baileys' `getMediaType` names it for the five media fields (§13.5)."""
+    if message.HasField("imageMessage"):
+        return MediaType.IMAGE
+    if message.HasField("videoMessage"):
+        return MediaType.GIF if message.videoMessage.gifPlayback else MediaType.VIDEO
+    if message.HasField("audioMessage"):
+        return MediaType.PTT if message.audioMessage.ptt else MediaType.AUDIO
+    if message.HasField("documentMessage"):
+        return MediaType.DOCUMENT
+    if message.HasField("stickerMessage"):
+        return MediaType.STICKER
+    return None
+
+
+def _media(message: e2e_pb2.Message) -> Media:
+    kind = media_type_of(message)
+    assert kind is not None  # only called when one of _MEDIA_FIELDS is set
+    if message.HasField("imageMessage"):
+        m = message.imageMessage
+        return Media(
+            media_type=kind,
+            mimetype=_str(m.mimetype),
+            url=_str(m.url),
+            direct_path=_str(m.directPath),
+            media_key=m.mediaKey,
+            file_sha256=m.fileSha256,
+            file_enc_sha256=m.fileEncSha256,
+            file_length=m.fileLength,
+            media_key_timestamp=m.mediaKeyTimestamp,
+            caption=_str(m.caption) if m.HasField("caption") else None,
+            width=m.width if m.HasField("width") else None,
+            height=m.height if m.HasField("height") else None,
+            quote=_quote(m.contextInfo) if m.HasField("contextInfo") else None,
+        )
+    if message.HasField("videoMessage"):
+        v = message.videoMessage
+        return Media(
+            media_type=kind,
+            mimetype=_str(v.mimetype),
+            url=_str(v.url),
+            direct_path=_str(v.directPath),
+            media_key=v.mediaKey,
+            file_sha256=v.fileSha256,
+            file_enc_sha256=v.fileEncSha256,
+            file_length=v.fileLength,
+            media_key_timestamp=v.mediaKeyTimestamp,
+            caption=_str(v.caption) if v.HasField("caption") else None,
+            width=v.width if v.HasField("width") else None,
+            height=v.height if v.HasField("height") else None,
+            seconds=v.seconds if v.HasField("seconds") else None,
+            quote=_quote(v.contextInfo) if v.HasField("contextInfo") else None,
+        )
+    if message.HasField("audioMessage"):
+        a = message.audioMessage
+        return Media(
+            media_type=kind,
+            mimetype=_str(a.mimetype),
+            url=_str(a.url),
+            direct_path=_str(a.directPath),
+            media_key=a.mediaKey,
+            file_sha256=a.fileSha256,
+            file_enc_sha256=a.fileEncSha256,
+            file_length=a.fileLength,
+            media_key_timestamp=a.mediaKeyTimestamp,
+            seconds=a.seconds if a.HasField("seconds") else None,
+            quote=_quote(a.contextInfo) if a.HasField("contextInfo") else None,
+        )
+    if message.HasField("documentMessage"):
+        d = message.documentMessage
+        return Media(
+            media_type=kind,
+            mimetype=_str(d.mimetype),
+            url=_str(d.url),
+            direct_path=_str(d.directPath),
+            media_key=d.mediaKey,
+            file_sha256=d.fileSha256,
+            file_enc_sha256=d.fileEncSha256,
+            file_length=d.fileLength,
+            media_key_timestamp=d.mediaKeyTimestamp,
+            caption=_str(d.caption) if d.HasField("caption") else None,
+            file_name=_str(d.fileName) if d.HasField("fileName") else None,
+            quote=_quote(d.contextInfo) if d.HasField("contextInfo") else None,
+        )
+    s = message.stickerMessage
+    return Media(
+        media_type=kind,
+        mimetype=_str(s.mimetype),
+        url=_str(s.url),
+        direct_path=_str(s.directPath),
+        media_key=s.mediaKey,
+        file_sha256=s.fileSha256,
+        file_enc_sha256=s.fileEncSha256,
+        file_length=s.fileLength,
+        media_key_timestamp=s.mediaKeyTimestamp,
+        width=s.width if s.HasField("width") else None,
+        height=s.height if s.HasField("height") else None,
+        quote=_quote(s.contextInfo) if s.HasField("contextInfo") else None,
+    )
+
+
+def _ref(key: e2e_pb2.MessageKey) -> MessageRef:
+    return MessageRef(
+        remote_jid=_str(key.remoteJid),
+        from_me=key.fromMe,
+        id=_str(key.id),
+        participant=_str(key.participant) if key.HasField("participant") else None,
+    )
+
+
+def _quote(ctx: e2e_pb2.ContextInfo) -> Quote | None:
+    if not ctx.HasField("stanzaId"):
+        return None
+    return Quote(
+        stanza_id=_str(ctx.stanzaId),
+        participant=_str(ctx.participant) if ctx.HasField("participant") else None,
+    )
+
+
+def _str(value: str | bytes) -> str:
+    # upb hands back a proto2 string field with invalid UTF-8 as bytes; decode it the way
+    # protobufjs (Baileys) does, with replacement characters.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+# --- message ids (SPEC §13.1) -----------------------------------------------------------------
+
+
+def generate_message_id(now: Clock, rng: Rng, own_user: str | None = None) -> MessageID:
+    """`"3EB0"` + 18 upper-hex characters of SHA-256 over time, own user and 16 random bytes.
+
+    Layout as Baileys `generateMessageIDV2` builds it: a fixed 44-byte buffer =
+    `uint64_be(unix seconds)` ‖ `(user + "@c.us")` zero-filled/cut to 20 bytes ‖ `rng(16)`.
+    whatsmeow concatenates without the zero fill; the two agree for 15-digit users and both
+    produce ids of the same format, which is all a peer checks. `own_user` is the user part of
+    our JID (no device, no server); None or "" leaves the 20 bytes zero.
+    """
+    seconds = int(now())
+    user_field = b""
+    if own_user:
+        user_field = own_user.encode() + MESSAGE_ID_USER_SUFFIX
+    user_field = user_field[:MESSAGE_ID_USER_FIELD].ljust(MESSAGE_ID_USER_FIELD, b"\x00")
+    data = seconds.to_bytes(8, "big") + user_field + rng(MESSAGE_ID_RANDOM_BYTES)
+    digest = hashlib.sha256(data).digest()[:MESSAGE_ID_HASH_BYTES]
+    return MessageID(MESSAGE_ID_PREFIX + digest.hex().upper())
