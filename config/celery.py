@@ -20,6 +20,7 @@ from tasks.queues import (
     INBOUND_QUEUE,
     MESSAGE_STATUS_TASK,
     ROUTE_INBOUND_TASK,
+    SEND_BULK_TASK,
     SEND_MESSAGE_TASK,
     WEBHOOKS_QUEUE,
 )
@@ -72,6 +73,7 @@ def celery_config(
         ),
         "task_routes": {
             SEND_MESSAGE_TASK: {"queue": ACCEPT_QUEUE},
+            SEND_BULK_TASK: {"queue": ACCEPT_QUEUE},
             ROUTE_INBOUND_TASK: {"queue": INBOUND_QUEUE},
             MESSAGE_STATUS_TASK: {"queue": INBOUND_QUEUE},
             "wafleet.webhooks.*": {"queue": WEBHOOKS_QUEUE},

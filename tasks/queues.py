@@ -12,6 +12,7 @@ HOUSEKEEPING_QUEUE = "wa.housekeeping"  # beat-driven sweeps
 OUT_QUEUE_PREFIX = "wa.out."  # one queue per instance, consumed only by its owner
 
 SEND_MESSAGE_TASK = "wafleet.send_message"
+SEND_BULK_TASK = "wafleet.send_bulk"
 DELIVER_TASK = "wafleet.deliver"
 ROUTE_INBOUND_TASK = "wafleet.route_inbound"
 MESSAGE_STATUS_TASK = "wafleet.message_status"

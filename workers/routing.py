@@ -22,7 +22,7 @@ from tasks.app import app, configure
 
 logger = logging.getLogger(__name__)
 
-TASK_MODULES = ("tasks.inbound",)
+TASK_MODULES = ("tasks.accept", "tasks.inbound")
 
 
 def resolve_urls(settings: Settings) -> tuple[str, str]:
