@@ -1,0 +1,139 @@
+"""Outbound delivery policy of an instance actor: retry schedule, pacing, error classes.
+
+Pure and deterministic (rng and clock are passed in), so the rules are tested without sockets:
+
+* `RetryPolicy` — progressive delays (default 5, 15, 30, 60, 120, 300 s, each ±20 %; the last
+  repeats) up to `max_attempts`, then `failed` (DESIGN §3.5). The schedule lives in the outbox
+  row (`attempts`, `next_attempt_at`), never in a broker countdown.
+* `Pacer` — per instance: a gap drawn from [min_gap, max_gap] ± jitter between two sends (e.g.
+  the 30–45 s ±10 s profile some tenants want) and a token bucket (rate, burst). Waiting for the
+  pacer is not an attempt.
+* `classify` — the ONE place that decides what a failed send means: RETRY (timeouts, a closed
+  socket, a server hiccup), PAUSE the instance (rate limited, 463 reach-out timelock, temporary
+  ban), or PERMANENT (not on WhatsApp, invalid payload, logged out).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+Uniform = Callable[[float, float], float]  # random.uniform-like, injected
+
+
+class Outcome(enum.StrEnum):
+    RETRY = "retry"
+    PAUSE = "pause"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailure:
+    """Why one send failed: a stable code (e.g. "463", "timeout") and a human text."""
+
+    code: str
+    text: str = ""
+
+
+# Server ack error codes (SPEC §13.6) and client-side failure codes, by outcome.
+PAUSE_CODES = frozenset(
+    {
+        "463",  # reach-out timelock / missing privacy token: the account is restricted for now
+        "429",  # rate-overlimit
+        "rate_limited",
+        "temp_banned",  # <failure reason="402"> temporary ban (SPEC §7.6)
+    }
+)
+PERMANENT_CODES = frozenset(
+    {
+        "not_on_whatsapp",  # usync found no account for the number
+        "invalid_payload",
+        "media_unavailable",  # the media URL could not be fetched or was too large
+        "logged_out",  # the device was removed: nothing can be sent until relinked
+        "400",
+        "406",
+    }
+)
+RETRY_CODES = frozenset(
+    {
+        "timeout",
+        "closed",
+        "disconnected",
+        "479",  # 479: stale device list, refetch and resend
+        "500",
+        "503",
+        "lease_lost",
+        "decrypt_session",
+    }
+)
+
+
+def classify(failure: SendFailure) -> Outcome:
+    if failure.code in PAUSE_CODES:
+        return Outcome.PAUSE
+    if failure.code in PERMANENT_CODES:
+        return Outcome.PERMANENT
+    # Unknown codes retry: a bounded number of attempts is safer than dropping a message.
+    return Outcome.RETRY
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    schedule: Sequence[float] = (5, 15, 30, 60, 120, 300)
+    jitter: float = 0.2
+    max_attempts: int = 7
+
+    def delay(self, attempts: int, uniform: Uniform) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt (attempts ≥ 1)."""
+        base = self.schedule[min(max(attempts, 1), len(self.schedule)) - 1]
+        return base * uniform(1 - self.jitter, 1 + self.jitter)
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+
+class Pacer:
+    """When the next send of one instance may leave (`ready_at`) and bookkeeping (`sent`)."""
+
+    def __init__(
+        self,
+        *,
+        min_gap: float = 0.0,
+        max_gap: float = 0.0,
+        jitter: float = 0.0,
+        rate: float = 1.0,
+        burst: int = 20,
+        uniform: Uniform,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("token bucket needs rate > 0 and burst ≥ 1")
+        self._min_gap, self._max_gap = min_gap, max(max_gap, min_gap)
+        self._jitter = jitter
+        self._rate, self._burst = rate, float(burst)
+        self._uniform = uniform
+        self._tokens = float(burst)
+        self._refilled_at: float | None = None
+        self._next_gap_at = 0.0
+
+    def _refill(self, now: float) -> None:
+        if self._refilled_at is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._refilled_at) * self._rate)
+        self._refilled_at = now
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time (≥ now) at which a send is allowed."""
+        self._refill(now)
+        bucket_at = now if self._tokens >= 1 else now + (1 - self._tokens) / self._rate
+        return max(now, bucket_at, self._next_gap_at)
+
+    def sent(self, now: float) -> None:
+        """Record a send at `now` (spends a token, draws the next gap)."""
+        self._refill(now)
+        self._tokens -= 1
+        gap = 0.0
+        if self._max_gap > 0 or self._jitter > 0:
+            gap = self._uniform(self._min_gap, self._max_gap)
+            if self._jitter:
+                gap += self._uniform(-self._jitter, self._jitter)
+        self._next_gap_at = now + max(0.0, gap)
