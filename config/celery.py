@@ -22,6 +22,7 @@ from tasks.queues import (
     ROUTE_INBOUND_TASK,
     SEND_BULK_TASK,
     SEND_MESSAGE_TASK,
+    WEBHOOK_SWEEP_TASK,
     WEBHOOKS_QUEUE,
 )
 
@@ -34,6 +35,8 @@ BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "priority_steps": [0],
     "visibility_timeout": VISIBILITY_TIMEOUT,
 }
+
+WEBHOOK_SWEEP_SECONDS = 5.0
 
 STATIC_QUEUES = (ACCEPT_QUEUE, INBOUND_QUEUE, WEBHOOKS_QUEUE, HOUSEKEEPING_QUEUE)
 
@@ -87,5 +90,9 @@ def celery_config(
         "enable_utc": True,
         "timezone": "UTC",
         "result_expires": 3600,
+        # celery beat (DESIGN §4 housekeeping): retries of webhooks come back from the outbox.
+        "beat_schedule": {
+            "webhook-sweep": {"task": WEBHOOK_SWEEP_TASK, "schedule": WEBHOOK_SWEEP_SECONDS},
+        },
         "wafleet_deliver_task": DELIVER_TASK,
     }

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     lease_renew: float = Field(default=10.0, gt=0, description="seconds between renewals")
     qr_rounds: int = Field(default=3, ge=1, description="QR rounds before `qr-exhausted`")
 
+    # --- webhooks ------------------------------------------------------------------------
+    webhook_allow_private: bool = Field(
+        default=False, description="allow loopback/private webhook targets (SSRF guard off)"
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="seconds per HTTP attempt")
+    webhook_max_attempts: int = Field(default=10, ge=1, description="attempts before `dead`")
+    webhook_max_inflight: int = Field(default=2, ge=1, description="concurrent posts/endpoint")
+
     # --- WhatsApp ------------------------------------------------------------------------
     wa_server_url: str = Field(default=WHATSAPP_WS_URL)
     wa_root_key: str = Field(default=WHATSAPP_ROOT_KEY_HEX, description="Noise root key, hex")

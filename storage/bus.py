@@ -52,6 +52,14 @@ class EventBus:
         self._prefix = prefix
         self._maxlen = maxlen
 
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def key(self, *parts: object) -> str:
+        """A Redis key under the deployment's prefix (for other fleet state, e.g. semaphores)."""
+        return ":".join([self._prefix, *map(str, parts)])
+
     def stream(self, tenant_id: uuid.UUID | str) -> str:
         return f"{self._prefix}:events:{tenant_id}"
 

@@ -17,6 +17,7 @@ Tables and their invariants (DESIGN §3):
                                             unique per tenant, WhatsApp id and per-chat sequence
                                             unique per instance
     webhook_endpoints, webhook_deliveries   the webhook outbox; one delivery per endpoint+event
+    webhook_attempts                        every HTTP attempt of a delivery (the delivery log)
     instance_leases                         who owns each instance's socket, with a fencing token
                                             that grows on every acquisition (DESIGN §3.1)
     fleet_members                           live session workers and their heartbeats (§3.2)
@@ -463,6 +464,24 @@ class WebhookDelivery(Base):
     )
 
 
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: the per-delivery log."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(String(500))
+    duration_ms: Mapped[int | None]
+
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)
+
+
 class InstanceLease(Base):
     """Ownership of an instance's socket. `token` grows on every acquisition (never reset)."""
 
@@ -513,6 +532,7 @@ __all__ = [
     "OutboxStatus",
     "SignalRecord",
     "Tenant",
+    "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",
     "utcnow",

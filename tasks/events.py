@@ -30,11 +30,11 @@ def record_webhooks(
     event_type: str,
     instance_id: uuid.UUID | None,
     data: dict[str, Any],
-) -> int:
+) -> list[int]:
     """Add a delivery for every enabled endpoint of the tenant that wants this event.
 
     Idempotent on (endpoint, event_id): a redelivered inbound message adds nothing twice.
-    Returns how many deliveries were new.
+    Returns the ids of the new deliveries (to enqueue after commit).
     """
     endpoints = session.scalars(
         select(WebhookEndpoint).where(
@@ -47,14 +47,16 @@ def record_webhooks(
         "instance_id": None if instance_id is None else str(instance_id),
         "data": data,
     }
-    new = 0
+    new: list[int] = []
     for endpoint in endpoints:
         if wants(endpoint, event_type, instance_id):
-            new += enqueue_delivery(
+            stored = enqueue_delivery(
                 session,
                 endpoint=endpoint,
                 event_id=event_id,
                 event_type=event_type,
                 payload=payload,
-            ).created
+            )
+            if stored.created:
+                new.append(stored.id)
     return new

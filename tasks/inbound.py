@@ -26,6 +26,7 @@ from tasks.errors import Rejected
 from tasks.events import record_webhooks
 from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_TASK
 from tasks.runtime import current
+from tasks.webhooks import enqueue as enqueue_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +144,14 @@ def route(msg: InboundMessage) -> dict[str, Any]:
             "timestamp": msg.timestamp,
             "contact_id": contact_id,
         }
+        deliveries: list[int] = []
         if stored.created:
             s.execute(
                 update(Instance)
                 .where(Instance.id == instance_id)
                 .values(messages_received=Instance.messages_received + 1)
             )
-            record_webhooks(
+            deliveries = record_webhooks(
                 s,
                 tenant_id=tenant_id,
                 event_id=event_id,
@@ -159,6 +161,7 @@ def route(msg: InboundMessage) -> dict[str, Any]:
             )
     if stored.created:
         rt.bus.publish(tenant_id, MESSAGE_EVENT, instance_id, data)
+        enqueue_webhooks(deliveries)
     return {"kind": kind, "id": stored.id, "created": stored.created}
 
 
@@ -213,6 +216,7 @@ def apply_status(instance_id: str, wa_message_ids: list[str], status: str) -> in
         ).all()
         now = utcnow()
         events = []
+        deliveries: list[int] = []
         for row in rows:
             if row.status not in _RANK or _RANK[row.status] >= _RANK[target]:
                 continue
@@ -230,7 +234,7 @@ def apply_status(instance_id: str, wa_message_ids: list[str], status: str) -> in
                 "outbox_id": row.id,
                 "idempotency_key": row.idempotency_key,
             }
-            record_webhooks(
+            deliveries += record_webhooks(
                 s,
                 tenant_id=row.tenant_id,
                 event_id=f"st:{iid}:{row.wa_message_id}:{target.value}",
@@ -241,6 +245,7 @@ def apply_status(instance_id: str, wa_message_ids: list[str], status: str) -> in
             events.append((row.tenant_id, data))
     for tenant_id, data in events:
         rt.bus.publish(tenant_id, STATUS_EVENT, iid, data)
+    enqueue_webhooks(deliveries)
     return changed
 
 

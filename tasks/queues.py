@@ -16,6 +16,9 @@ SEND_BULK_TASK = "wafleet.send_bulk"
 DELIVER_TASK = "wafleet.deliver"
 ROUTE_INBOUND_TASK = "wafleet.route_inbound"
 MESSAGE_STATUS_TASK = "wafleet.message_status"
+WEBHOOK_DELIVER_TASK = "wafleet.webhooks.deliver"
+WEBHOOK_SWEEP_TASK = "wafleet.housekeeping.webhook_sweep"
+WEBHOOK_REPLAY_TASK = "wafleet.webhooks.replay"
 
 
 def out_queue(instance_id: object) -> str:

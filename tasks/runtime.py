@@ -3,12 +3,21 @@ entry point (`configure`), never read from settings by the tasks themselves."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.bus import EventBus
+from storage.crypto import Keyring
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPolicy:
+    allow_private: bool = False
+    timeout: float = 10.0
+    max_attempts: int = 10
+    max_inflight: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +25,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     bus: EventBus
     redis: redis.Redis
+    keyring: Keyring | None = None  # needed to open webhook secrets and instance keys
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
 
 
 _current: Runtime | None = None

@@ -16,13 +16,14 @@ from celery.signals import worker_process_init
 from config.celery import STATIC_QUEUES, celery_config
 from config.settings import EMBEDDED, Settings, SettingsError
 from storage.bus import EventBus
+from storage.crypto import Keyring
 from storage.db import create_engine_from_url, session_factory
 from tasks import runtime
 from tasks.app import app, configure
 
 logger = logging.getLogger(__name__)
 
-TASK_MODULES = ("tasks.accept", "tasks.inbound")
+TASK_MODULES = ("tasks.accept", "tasks.inbound", "tasks.webhooks")
 
 
 def resolve_urls(settings: Settings) -> tuple[str, str]:
@@ -54,8 +55,21 @@ def build_runtime(settings: Settings) -> runtime.Runtime:
     url = settings.effective_database_url
     pool: dict[str, Any] = {} if url.startswith("sqlite") else {"pool_size": 5, "max_overflow": 5}
     engine = create_engine_from_url(url, **pool)
+    keyring = None
+    if settings.master_key is not None:
+        current_key, previous = settings.master_keys()
+        keyring = Keyring.from_bytes(current_key, previous)
     return runtime.Runtime(
-        sessions=session_factory(engine), bus=EventBus(client, settings.redis_prefix), redis=client
+        sessions=session_factory(engine),
+        bus=EventBus(client, settings.redis_prefix),
+        redis=client,
+        keyring=keyring,
+        webhooks=runtime.WebhookPolicy(
+            allow_private=settings.webhook_allow_private,
+            timeout=settings.webhook_timeout,
+            max_attempts=settings.webhook_max_attempts,
+            max_inflight=settings.webhook_max_inflight,
+        ),
     )
 
 

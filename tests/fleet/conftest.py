@@ -29,22 +29,27 @@ def fleet_settings(pg_url: str, redis_prefix: str, redis_client: object) -> Sett
         redis_prefix=f"{redis_prefix}-fleet",
         master_key=MASTER_KEY,
         log_level="WARNING",
+        webhook_allow_private=True,  # the test receiver listens on 127.0.0.1
+        webhook_max_inflight=1,
+        webhook_timeout=20,
     )
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a `wafleet` subprocess load exactly `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAFLEET_")}
-    env.update(
-        {
-            "WAFLEET_DATABASE_URL": settings.effective_database_url,
-            "WAFLEET_BROKER_URL": settings.broker_url,
-            "WAFLEET_REDIS_URL": settings.redis_url,
-            "WAFLEET_REDIS_PREFIX": settings.redis_prefix,
-            "WAFLEET_MASTER_KEY": MASTER_KEY,
-            "WAFLEET_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        env[f"WAFLEET_{name.upper()}"] = str(value)
+    env["WAFLEET_LOG_LEVEL"] = "INFO"  # the worker log (.pytest_cache) explains failures
+    env["PYTHONPATH"] = str(ROOT)
     return env
 
 
