@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.core import message as m
-from protocol.core.errors import DecodeError
+from protocol.core.errors import DecodeError, MediaError
 from protocol.core.inject import Rng
-from protocol.core.media import MediaType
+from protocol.core.media import EncryptedMedia, MediaType
 from protocol.core.proto import e2e_pb2
 
 VECTORS: dict[str, Any] = json.loads(
@@ -223,3 +223,60 @@ def test_fuzz_structured_messages(fields: list[tuple[bytes, bytes]], n: int) -> 
     un = m.unwrap_device_sent(msg)
     _check_types(un)
     _check_types(m.extract_content(un.message))
+
+
+def test_media_message_round_trips_through_extract() -> None:
+    upload = EncryptedMedia(b"\x01" * 32, b"\x02" * 10, b"\x03" * 32, b"\x04" * 32, 99)
+    msg = m.media_message(
+        MediaType.PTT,
+        upload,
+        mimetype="audio/ogg; codecs=opus",
+        url="https://mmg.whatsapp.net/x",
+        direct_path="/v/t62/x",
+        media_key_timestamp=1700000000,
+        seconds=4,
+    )
+    assert m.enc_mediatype(msg) == "ptt"
+    assert m.stanza_type(msg) is m.StanzaType.MEDIA
+    got = m.extract_content(m.decode_message(m.encode_message(msg, lambda n: b"\x00")))
+    assert got == m.Media(
+        media_type=MediaType.PTT,
+        mimetype="audio/ogg; codecs=opus",
+        url="https://mmg.whatsapp.net/x",
+        direct_path="/v/t62/x",
+        media_key=b"\x01" * 32,
+        file_sha256=b"\x03" * 32,
+        file_enc_sha256=b"\x04" * 32,
+        file_length=99,
+        media_key_timestamp=1700000000,
+        seconds=4,
+    )
+    with pytest.raises(MediaError):
+        m.media_message(
+            MediaType.STICKER,
+            upload,
+            mimetype="",
+            url="",
+            direct_path="",
+            media_key_timestamp=0,
+            caption="no captions on stickers",
+        )
+    with pytest.raises(MediaError):
+        m.media_message(
+            MediaType.HISTORY, upload, mimetype="", url="", direct_path="", media_key_timestamp=0
+        )
+
+
+def test_stanza_type_and_mediatype() -> None:
+    assert m.stanza_type(e2e_pb2.Message(conversation="x")) is m.StanzaType.TEXT
+    assert m.enc_mediatype(e2e_pb2.Message(conversation="x")) is None
+    r = e2e_pb2.Message()
+    r.ephemeralMessage.message.reactionMessage.text = "x"
+    assert m.stanza_type(r) is m.StanzaType.REACTION
+    c = e2e_pb2.Message()
+    c.contactMessage.vcard = "BEGIN:VCARD"
+    assert m.enc_mediatype(c) == "vcard"
+    assert m.stanza_type(c) is m.StanzaType.MEDIA
+    v = e2e_pb2.Message()
+    v.viewOnceMessage.message.videoMessage.gifPlayback = True
+    assert m.enc_mediatype(v) == "gif"

@@ -118,12 +118,7 @@ def process_pair_success(container: bytes, *, adv_secret: bytes, identity: KeyPa
         account_key, account_prefix + signed.details + identity.public, signed.accountSignature
     ):
         raise PairingError("ADV account signature mismatch", reason=AdvFailure.SIGNATURE_MISMATCH)
-    try:
-        primary_key = curve.strip_djb(account_key)
-    except CryptoError:  # unreachable: verify accepted the key, so it is 32 or 33 (DJB) bytes
-        raise PairingError(
-            "ADV account key malformed", reason=AdvFailure.SIGNATURE_MISMATCH
-        ) from None
+    primary_key = _strip(account_key)  # 32 bytes, or 33 in the DJB form verify also accepts
 
     device_signature = curve.sign(
         identity.private,
