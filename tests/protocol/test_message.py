@@ -22,6 +22,9 @@ VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "message.json").read_text()
 )
 
+# Fuzz budget: at least 2,000 examples; the "fuzz" hypothesis profile raises it.
+FUZZ_EXAMPLES = max(2000, settings().max_examples)
+
 
 def fixed(data: bytes) -> Rng:
     pool = bytearray(data)
@@ -194,7 +197,7 @@ def test_invalid_utf8_becomes_replacement_characters() -> None:
 # --- fuzz: unpad + Message parse + content extraction of untrusted plaintext -------------------
 
 
-@settings(max_examples=3000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=300))
 def test_fuzz_decode_message_raises_only_decode_error(data: bytes) -> None:
     try:
@@ -211,7 +214,7 @@ _FIELD_BYTES = st.sampled_from(
 )
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.lists(st.tuples(_FIELD_BYTES, st.binary(max_size=40)), max_size=6), st.integers(1, 16))
 def test_fuzz_structured_messages(fields: list[tuple[bytes, bytes]], n: int) -> None:
     # Length-delimited fields with plausible tags reach the nested parsers and string decoding.
