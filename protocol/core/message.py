@@ -125,28 +125,22 @@ class SenderKeyDistribution:
 
 
 def unwrap_device_sent(message: e2e_pb2.Message) -> Unwrapped:
-    """Use `deviceSentMessage.message` when present; lift out a sender key distribution."""
+    """Use `deviceSentMessage.message` when present, then lift out its sender key distribution.
+
+    As Baileys' `decryptMessageNode`: the inner message replaces the outer one entirely (the
+    sender repeats `messageContextInfo` inside), and the SKDM is read after unwrapping.
+    """
+    destination = None
+    if message.HasField("deviceSentMessage"):
+        destination = _str(message.deviceSentMessage.destinationJid)
+        message = message.deviceSentMessage.message
     skdm = None
     if message.HasField("senderKeyDistributionMessage"):
         s = message.senderKeyDistributionMessage
         skdm = SenderKeyDistribution(
             group_id=_str(s.groupId), payload=s.axolotlSenderKeyDistributionMessage
         )
-    if message.HasField("deviceSentMessage"):
-        dsm = message.deviceSentMessage
-        inner = e2e_pb2.Message()
-        inner.CopyFrom(dsm.message)
-        if not inner.HasField("messageContextInfo") and message.HasField("messageContextInfo"):
-            inner.messageContextInfo.CopyFrom(message.messageContextInfo)
-        if skdm is None and inner.HasField("senderKeyDistributionMessage"):
-            s = inner.senderKeyDistributionMessage
-            skdm = SenderKeyDistribution(
-                group_id=_str(s.groupId), payload=s.axolotlSenderKeyDistributionMessage
-            )
-        return Unwrapped(
-            message=inner, destination_jid=_str(dsm.destinationJid), sender_key_distribution=skdm
-        )
-    return Unwrapped(message=message, destination_jid=None, sender_key_distribution=skdm)
+    return Unwrapped(message=message, destination_jid=destination, sender_key_distribution=skdm)
 
 
 # --- user-visible content ---------------------------------------------------------------------

@@ -283,3 +283,13 @@ def test_stanza_type_and_mediatype() -> None:
     v = e2e_pb2.Message()
     v.viewOnceMessage.message.videoMessage.gifPlayback = True
     assert m.enc_mediatype(v) == "gif"
+
+
+def test_sender_key_distribution_is_read_after_unwrapping() -> None:
+    inner = e2e_pb2.Message(conversation="x")
+    inner.senderKeyDistributionMessage.groupId = "inner@g.us"
+    wrapped = m.wrap_for_own_devices(inner, "1@s.whatsapp.net")
+    wrapped.senderKeyDistributionMessage.groupId = "outer@g.us"
+    un = m.unwrap_device_sent(wrapped)
+    assert un.sender_key_distribution is not None
+    assert un.sender_key_distribution.group_id == "inner@g.us"
