@@ -35,7 +35,6 @@ ADV_ACCOUNT_SIG_PREFIX = b"\x06\x00"
 ADV_DEVICE_SIG_PREFIX = b"\x06\x01"
 ADV_HOSTED_ACCOUNT_SIG_PREFIX = b"\x06\x05"
 ADV_HOSTED_DEVICE_SIG_PREFIX = b"\x06\x06"  # defined, unused by both clients (SPEC §8.4 step 5)
-ADV_SECRET_LEN = 32  # SPEC §8.1
 
 _M = TypeVar(
     "_M",
