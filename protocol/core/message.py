@@ -6,6 +6,8 @@ Owns (SPEC §10.9, §13.1, §13.2, §15.1):
   receiving; protobuf garbage becomes `DecodeError`).
 * `wrap_for_own_devices` / `unwrap_device_sent` — the `deviceSentMessage` envelope used for the
   sender's own other devices.
+* `media_message`, `enc_mediatype`, `stanza_type` — building an outgoing media `Message` and the
+  stanza attributes that depend on the content (§11.6, §13.5).
 * `extract_content` — the user-visible part of a `Message` as typed values (`Text`, `Media`,
   `Reaction`, `Protocol`, `Unsupported`) that the client turns into events.
 * `generate_message_id` — `generateMessageIDV2` ids, time and randomness injected.
@@ -19,14 +21,13 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import Any, NewType
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
-from google.protobuf.message import EncodeError as ProtobufEncodeError
 
-from protocol.core.errors import DecodeError
+from protocol.core.errors import DecodeError, MediaError
 from protocol.core.inject import Clock, Rng
-from protocol.core.media import MediaType
+from protocol.core.media import MEDIA_TYPES, EncryptedMedia, MediaType
 from protocol.core.proto import e2e_pb2
 
 MessageID = NewType("MessageID", str)
@@ -67,10 +68,7 @@ def unpad(data: bytes) -> bytes:
 
 def serialize_message(message: e2e_pb2.Message) -> bytes:
     """The protobuf bytes of `message` (field-number order, as protobufjs writes them)."""
-    try:
-        return message.SerializeToString()
-    except ProtobufEncodeError as exc:  # a proto2 required field is unset; none in our schema
-        raise DecodeError("message does not serialize", reason=str(exc)) from None
+    return message.SerializeToString()
 
 
 def parse_message(data: bytes) -> e2e_pb2.Message:
@@ -127,28 +125,22 @@ class SenderKeyDistribution:
 
 
 def unwrap_device_sent(message: e2e_pb2.Message) -> Unwrapped:
-    """Use `deviceSentMessage.message` when present; lift out a sender key distribution."""
+    """Use `deviceSentMessage.message` when present, then lift out its sender key distribution.
+
+    As Baileys' `decryptMessageNode`: the inner message replaces the outer one entirely (the
+    sender repeats `messageContextInfo` inside), and the SKDM is read after unwrapping.
+    """
+    destination = None
+    if message.HasField("deviceSentMessage"):
+        destination = _str(message.deviceSentMessage.destinationJid)
+        message = message.deviceSentMessage.message
     skdm = None
     if message.HasField("senderKeyDistributionMessage"):
         s = message.senderKeyDistributionMessage
         skdm = SenderKeyDistribution(
             group_id=_str(s.groupId), payload=s.axolotlSenderKeyDistributionMessage
         )
-    if message.HasField("deviceSentMessage"):
-        dsm = message.deviceSentMessage
-        inner = e2e_pb2.Message()
-        inner.CopyFrom(dsm.message)
-        if not inner.HasField("messageContextInfo") and message.HasField("messageContextInfo"):
-            inner.messageContextInfo.CopyFrom(message.messageContextInfo)
-        if skdm is None and inner.HasField("senderKeyDistributionMessage"):
-            s = inner.senderKeyDistributionMessage
-            skdm = SenderKeyDistribution(
-                group_id=_str(s.groupId), payload=s.axolotlSenderKeyDistributionMessage
-            )
-        return Unwrapped(
-            message=inner, destination_jid=_str(dsm.destinationJid), sender_key_distribution=skdm
-        )
-    return Unwrapped(message=message, destination_jid=None, sender_key_distribution=skdm)
+    return Unwrapped(message=message, destination_jid=destination, sender_key_distribution=skdm)
 
 
 # --- user-visible content ---------------------------------------------------------------------
@@ -258,8 +250,8 @@ _FUTURE_PROOF_FIELDS = ("ephemeralMessage", "viewOnceMessage")
 _MAX_CONTAINER_DEPTH = 4
 
 
-def extract_content(message: e2e_pb2.Message) -> Content:
-    """The user-visible content of an (unwrapped) `Message` as a typed value."""
+def normalize(message: e2e_pb2.Message) -> e2e_pb2.Message:
+    """The content inside ephemeral / view-once containers (Baileys `normalizeMessageContent`)."""
     for _ in range(_MAX_CONTAINER_DEPTH):
         for name in _FUTURE_PROOF_FIELDS:
             if message.HasField(name):  # type: ignore[arg-type]
@@ -267,6 +259,12 @@ def extract_content(message: e2e_pb2.Message) -> Content:
                 break
         else:
             break
+    return message
+
+
+def extract_content(message: e2e_pb2.Message) -> Content:
+    """The user-visible content of an (unwrapped) `Message` as a typed value."""
+    message = normalize(message)
     if message.HasField("conversation"):
         return Text(text=_str(message.conversation))
     if message.HasField("extendedTextMessage"):
@@ -311,6 +309,100 @@ def media_type_of(message: e2e_pb2.Message) -> MediaType | None:
     if message.HasField("stickerMessage"):
         return MediaType.STICKER
     return None
+
+
+def enc_mediatype(message: e2e_pb2.Message) -> str | None:
+    """The `mediatype` attribute of `enc` (SPEC §13.5, Baileys `getMediaType`), our schema's part.
+
+    Baileys' order: image, video/gif, audio/ptt, contact (vcard), document, sticker.
+    """
+    message = normalize(message)
+    kind = media_type_of(message)
+    if kind in (MediaType.IMAGE, MediaType.VIDEO, MediaType.GIF, MediaType.AUDIO, MediaType.PTT):
+        return MEDIA_TYPES[kind].mediatype_attr
+    if message.HasField("contactMessage"):
+        return "vcard"
+    return None if kind is None else MEDIA_TYPES[kind].mediatype_attr
+
+
+class StanzaType(enum.StrEnum):
+    """The `type` attribute of an outgoing `message` stanza (SPEC §13.5, `getMessageType`)."""
+
+    TEXT = "text"
+    MEDIA = "media"
+    REACTION = "reaction"
+    POLL = "poll"
+    EVENT = "event"
+
+
+def stanza_type(message: e2e_pb2.Message) -> StanzaType:
+    """`reaction`, `media` (any `enc_mediatype`), else `text` (polls, events: not in our schema)."""
+    if normalize(message).HasField("reactionMessage"):
+        return StanzaType.REACTION
+    if enc_mediatype(message) is not None:
+        return StanzaType.MEDIA
+    return StanzaType.TEXT
+
+
+def media_message(
+    kind: MediaType,
+    upload: EncryptedMedia,
+    *,
+    mimetype: str,
+    url: str,
+    direct_path: str,
+    media_key_timestamp: int,
+    caption: str | None = None,
+    file_name: str | None = None,
+    seconds: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> e2e_pb2.Message:
+    """A `Message` carrying an uploaded file (SPEC §11.6); the inverse of `extract_content`."""
+    msg = e2e_pb2.Message()
+    common = {
+        "mimetype": mimetype,
+        "url": url,
+        "directPath": direct_path,
+        "mediaKey": upload.media_key,
+        "fileSha256": upload.file_sha256,
+        "fileEncSha256": upload.file_enc_sha256,
+        "fileLength": upload.file_length,
+        "mediaKeyTimestamp": media_key_timestamp,
+    }
+    optional = {
+        "caption": caption,
+        "fileName": file_name,
+        "seconds": seconds,
+        "width": width,
+        "height": height,
+    }
+    if kind is MediaType.IMAGE:
+        sub: Any = msg.imageMessage
+    elif kind in (MediaType.VIDEO, MediaType.GIF):
+        sub = msg.videoMessage
+        if kind is MediaType.GIF:
+            sub.gifPlayback = True
+    elif kind in (MediaType.AUDIO, MediaType.PTT):
+        sub = msg.audioMessage
+        if kind is MediaType.PTT:
+            sub.ptt = True
+    elif kind is MediaType.DOCUMENT:
+        sub = msg.documentMessage
+    elif kind is MediaType.STICKER:
+        sub = msg.stickerMessage
+    else:
+        raise MediaError("not a message media kind", media_type=kind.value)
+    for name, value in common.items():
+        setattr(sub, name, value)
+    fields = {f.name for f in sub.DESCRIPTOR.fields}
+    for name, value in optional.items():
+        if value is None:
+            continue
+        if name not in fields:
+            raise MediaError("field not in this media message", media_type=kind.value, field=name)
+        setattr(sub, name, value)
+    return msg
 
 
 def _media(message: e2e_pb2.Message) -> Media:

@@ -25,6 +25,9 @@ ENC = bytes.fromhex(V["enc_file"])
 FILE_SHA = base64.b64decode(V["file_sha256_b64"])
 FILE_ENC_SHA = base64.b64decode(V["file_enc_sha256_b64"])
 
+# Fuzz budget: at least 2,000 examples; the "fuzz" hypothesis profile raises it.
+FUZZ_EXAMPLES = max(2000, settings().max_examples)
+
 
 def test_key_expansion_vector() -> None:
     keys = media.expand_media_key(KEY, MediaType(V["media_type"]))
@@ -233,7 +236,7 @@ def test_upload_token_rejects_garbage(bad: str) -> None:
 # --- fuzz ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=120), st.sampled_from(list(MediaType)), st.booleans())
 def test_fuzz_decrypt_raises_only_media_error(data: bytes, kind: MediaType, hashes: bool) -> None:
     digest = hashlib.sha256(data).digest() if hashes else None
@@ -241,7 +244,7 @@ def test_fuzz_decrypt_raises_only_media_error(data: bytes, kind: MediaType, hash
         media.decrypt_media(data, KEY, kind, file_enc_sha256=digest, file_sha256=None)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=60), st.integers(0, 80), st.integers(0, 255))
 def test_fuzz_tampered_files_never_decrypt(plain: bytes, pos: int, flip: int) -> None:
     enc, info = media.encrypt_media_with_key(plain, MediaType.DOCUMENT, KEY)
@@ -253,7 +256,7 @@ def test_fuzz_tampered_files_never_decrypt(plain: bytes, pos: int, flip: int) ->
         )
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.text(max_size=60))
 def test_fuzz_upload_token_decode(token: str) -> None:
     with contextlib.suppress(DecodeError):

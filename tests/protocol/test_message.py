@@ -13,14 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.core import message as m
-from protocol.core.errors import DecodeError
+from protocol.core.errors import DecodeError, MediaError
 from protocol.core.inject import Rng
-from protocol.core.media import MediaType
+from protocol.core.media import EncryptedMedia, MediaType
 from protocol.core.proto import e2e_pb2
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "message.json").read_text()
 )
+
+# Fuzz budget: at least 2,000 examples; the "fuzz" hypothesis profile raises it.
+FUZZ_EXAMPLES = max(2000, settings().max_examples)
 
 
 def fixed(data: bytes) -> Rng:
@@ -194,7 +197,7 @@ def test_invalid_utf8_becomes_replacement_characters() -> None:
 # --- fuzz: unpad + Message parse + content extraction of untrusted plaintext -------------------
 
 
-@settings(max_examples=3000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=300))
 def test_fuzz_decode_message_raises_only_decode_error(data: bytes) -> None:
     try:
@@ -211,7 +214,7 @@ _FIELD_BYTES = st.sampled_from(
 )
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.lists(st.tuples(_FIELD_BYTES, st.binary(max_size=40)), max_size=6), st.integers(1, 16))
 def test_fuzz_structured_messages(fields: list[tuple[bytes, bytes]], n: int) -> None:
     # Length-delimited fields with plausible tags reach the nested parsers and string decoding.
@@ -223,3 +226,70 @@ def test_fuzz_structured_messages(fields: list[tuple[bytes, bytes]], n: int) -> 
     un = m.unwrap_device_sent(msg)
     _check_types(un)
     _check_types(m.extract_content(un.message))
+
+
+def test_media_message_round_trips_through_extract() -> None:
+    upload = EncryptedMedia(b"\x01" * 32, b"\x02" * 10, b"\x03" * 32, b"\x04" * 32, 99)
+    msg = m.media_message(
+        MediaType.PTT,
+        upload,
+        mimetype="audio/ogg; codecs=opus",
+        url="https://mmg.whatsapp.net/x",
+        direct_path="/v/t62/x",
+        media_key_timestamp=1700000000,
+        seconds=4,
+    )
+    assert m.enc_mediatype(msg) == "ptt"
+    assert m.stanza_type(msg) is m.StanzaType.MEDIA
+    got = m.extract_content(m.decode_message(m.encode_message(msg, lambda n: b"\x00")))
+    assert got == m.Media(
+        media_type=MediaType.PTT,
+        mimetype="audio/ogg; codecs=opus",
+        url="https://mmg.whatsapp.net/x",
+        direct_path="/v/t62/x",
+        media_key=b"\x01" * 32,
+        file_sha256=b"\x03" * 32,
+        file_enc_sha256=b"\x04" * 32,
+        file_length=99,
+        media_key_timestamp=1700000000,
+        seconds=4,
+    )
+    with pytest.raises(MediaError):
+        m.media_message(
+            MediaType.STICKER,
+            upload,
+            mimetype="",
+            url="",
+            direct_path="",
+            media_key_timestamp=0,
+            caption="no captions on stickers",
+        )
+    with pytest.raises(MediaError):
+        m.media_message(
+            MediaType.HISTORY, upload, mimetype="", url="", direct_path="", media_key_timestamp=0
+        )
+
+
+def test_stanza_type_and_mediatype() -> None:
+    assert m.stanza_type(e2e_pb2.Message(conversation="x")) is m.StanzaType.TEXT
+    assert m.enc_mediatype(e2e_pb2.Message(conversation="x")) is None
+    r = e2e_pb2.Message()
+    r.ephemeralMessage.message.reactionMessage.text = "x"
+    assert m.stanza_type(r) is m.StanzaType.REACTION
+    c = e2e_pb2.Message()
+    c.contactMessage.vcard = "BEGIN:VCARD"
+    assert m.enc_mediatype(c) == "vcard"
+    assert m.stanza_type(c) is m.StanzaType.MEDIA
+    v = e2e_pb2.Message()
+    v.viewOnceMessage.message.videoMessage.gifPlayback = True
+    assert m.enc_mediatype(v) == "gif"
+
+
+def test_sender_key_distribution_is_read_after_unwrapping() -> None:
+    inner = e2e_pb2.Message(conversation="x")
+    inner.senderKeyDistributionMessage.groupId = "inner@g.us"
+    wrapped = m.wrap_for_own_devices(inner, "1@s.whatsapp.net")
+    wrapped.senderKeyDistributionMessage.groupId = "outer@g.us"
+    un = m.unwrap_device_sent(wrapped)
+    assert un.sender_key_distribution is not None
+    assert un.sender_key_distribution.group_id == "inner@g.us"

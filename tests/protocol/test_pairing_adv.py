@@ -27,6 +27,9 @@ IDENT = curve.keypair_from_private(bytes.fromhex(V["companion_identity_private_b
 ADV_SECRET = bytes.fromhex(V["adv_secret"])
 CONTAINER = bytes.fromhex(V["container"])
 
+# Fuzz budget: at least 2,000 examples; the "fuzz" hypothesis profile raises it.
+FUZZ_EXAMPLES = max(2000, settings().max_examples)
+
 
 def now() -> float:
     return float(V["timestamp"])
@@ -203,14 +206,14 @@ def test_both_roles_round_trip(
 # --- fuzz ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=200))
 def test_fuzz_container_raises_only_pairing_error(data: bytes) -> None:
     with contextlib.suppress(PairingError):
         adv.process_pair_success(data, adv_secret=ADV_SECRET, identity=IDENT)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=160), st.booleans())
 def test_fuzz_details_behind_a_valid_hmac(details: bytes, hosted: bool) -> None:
     # Random inner bytes authenticated with the right secret reach the inner decoders.
@@ -219,7 +222,7 @@ def test_fuzz_details_behind_a_valid_hmac(details: bytes, hosted: bool) -> None:
         adv.process_pair_success(container, adv_secret=ADV_SECRET, identity=IDENT)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=60), st.binary(max_size=70), st.binary(max_size=40))
 def test_fuzz_signed_identity_fields(details: bytes, sig: bytes, key: bytes) -> None:
     signed = adv_pb2.ADVSignedDeviceIdentity(
@@ -230,7 +233,7 @@ def test_fuzz_signed_identity_fields(details: bytes, sig: bytes, key: bytes) -> 
         adv.process_pair_success(container, adv_secret=ADV_SECRET, identity=IDENT)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=200))
 def test_fuzz_primary_reply_raises_only_pairing_error(data: bytes) -> None:
     with pytest.raises(PairingError):

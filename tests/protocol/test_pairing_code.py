@@ -23,6 +23,9 @@ V: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "pairing_code.json").read_text()
 )
 
+# Fuzz budget: at least 2,000 examples; the "fuzz" hypothesis profile raises it.
+FUZZ_EXAMPLES = max(2000, settings().max_examples)
+
 
 def kp(byte_hex: str) -> curve.KeyPair:
     return curve.keypair_from_private(bytes.fromhex(byte_hex) * 32)
@@ -204,7 +207,7 @@ def test_full_exchange_both_roles(companion_seed: bytes, primary_seed: bytes) ->
 # --- fuzz ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=3000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(max_size=200), st.binary(max_size=40), st.binary(max_size=40))
 def test_fuzz_bundle_decrypt_raises_only_pairing_error(
     bundle: bytes, companion_eph: bytes, companion_ident: bytes
@@ -219,14 +222,14 @@ def test_fuzz_bundle_decrypt_raises_only_pairing_error(
         )
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.binary(min_size=156, max_size=156))
 def test_fuzz_well_sized_bundles(bundle: bytes) -> None:
     with pytest.raises(PairingError):
         _finish(wrapped_key_bundle=bundle)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.text(max_size=12))
 def test_fuzz_code_parse(text: str) -> None:
     try:

@@ -288,13 +288,10 @@ def test_our_container_is_accepted_by_configure_successful_pairing(
         }
     )
     assert theirs["ok"], theirs
-    ours = adv.process_pair_success(container, adv_secret=secret, identity=ident)
-    assert theirs["reply"] == ours.reply_identity.hex()
-    assert theirs["keyIndex"] == str(ours.key_index)
-    assert theirs["account"] == ours.account.hex()
-    assert theirs["deviceSignature"] == ours.device_signature.hex()
-    # Baileys stores the trusted identity in the 33-byte Signal form.
-    assert theirs["primaryIdentity"] == curve.djb(ours.primary_identity_key).hex()
+    # Our companion's output for the same container is compared with Baileys' in the reverse
+    # test below; here: what Baileys took from our container.
+    assert theirs["keyIndex"] == str(key_index)
+    assert theirs["primaryIdentity"] == curve.djb(account.public).hex()
     # The primary (ours) verifies the reply Baileys would send.
     adv.verify_device_signature(
         bytes.fromhex(theirs["reply"]),
@@ -352,6 +349,10 @@ def test_baileys_signed_identity_verified_by_our_companion(
     assert theirs["ok"], theirs
     assert theirs["reply"] == ours.reply_identity.hex()
     assert theirs["account"] == ours.account.hex()
+    assert theirs["deviceSignature"] == ours.device_signature.hex()
+    assert theirs["keyIndex"] == str(ours.key_index)
+    # Baileys stores the trusted identity in the 33-byte Signal form.
+    assert theirs["primaryIdentity"] == curve.djb(ours.primary_identity_key).hex()
     # Both refuse it under another adv secret.
     other = bytes(b ^ 0xFF for b in secret)
     with pytest.raises(PairingError) as err:

@@ -20,6 +20,9 @@ V: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "pairing_qr.json").read_text()
 )
 
+# Fuzz budget: at least 2,000 examples; the "fuzz" hypothesis profile raises it.
+FUZZ_EXAMPLES = max(2000, settings().max_examples)
+
 
 def test_qr_vector() -> None:
     c = V["qr"]
@@ -95,14 +98,14 @@ def test_build_parse_round_trip(ref: str, keys: list[bytes]) -> None:
     assert qr.parse_qr(text) == qr.QRPayload(ref, keys[0], keys[1], keys[2], "9")
 
 
-@settings(max_examples=3000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(st.text(max_size=200))
 def test_fuzz_parse_raises_only_decode_error(text: str) -> None:
     with contextlib.suppress(DecodeError):
         qr.parse_qr(text)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=FUZZ_EXAMPLES)
 @given(
     st.booleans(),
     st.lists(

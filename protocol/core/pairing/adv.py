@@ -35,7 +35,6 @@ ADV_ACCOUNT_SIG_PREFIX = b"\x06\x00"
 ADV_DEVICE_SIG_PREFIX = b"\x06\x01"
 ADV_HOSTED_ACCOUNT_SIG_PREFIX = b"\x06\x05"
 ADV_HOSTED_DEVICE_SIG_PREFIX = b"\x06\x06"  # defined, unused by both clients (SPEC §8.4 step 5)
-ADV_SECRET_LEN = 32  # SPEC §8.1
 
 _M = TypeVar(
     "_M",
@@ -118,12 +117,7 @@ def process_pair_success(container: bytes, *, adv_secret: bytes, identity: KeyPa
         account_key, account_prefix + signed.details + identity.public, signed.accountSignature
     ):
         raise PairingError("ADV account signature mismatch", reason=AdvFailure.SIGNATURE_MISMATCH)
-    try:
-        primary_key = curve.strip_djb(account_key)
-    except CryptoError:  # unreachable: verify accepted the key, so it is 32 or 33 (DJB) bytes
-        raise PairingError(
-            "ADV account key malformed", reason=AdvFailure.SIGNATURE_MISMATCH
-        ) from None
+    primary_key = _strip(account_key)  # 32 bytes, or 33 in the DJB form verify also accepts
 
     device_signature = curve.sign(
         identity.private,
