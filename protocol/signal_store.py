@@ -12,8 +12,10 @@ duplicate, untrusted identity) writes nothing.
 Identity keys are trusted on first use. A changed identity is reported, never silent: with
 `IdentityPolicy.ACCEPT_CHANGES` (what WhatsApp clients do: a new session and a "security code
 changed" notice) the result carries `identity_changed=True`; with `REJECT_CHANGES` it raises
-`UntrustedIdentity`. A `msg` on a session whose identity is no longer the trusted one raises
-`UntrustedIdentity` (libsignal-node's `isTrustedIdentity` check in session_cipher.js).
+`UntrustedIdentity`. Only a `pkmsg` that builds a new session can change the trusted identity:
+a `msg`, or a repeated `pkmsg` for a session we already hold, whose session identity is no
+longer the trusted one raises `UntrustedIdentity` (libsignal-node's `isTrustedIdentity` check
+in session_cipher.js), so late messages cannot flip trust back to an old key.
 """
 
 from __future__ import annotations
@@ -187,7 +189,6 @@ def _decrypt_prekey(
     msg = messages.parse_prekey_whisper(body)
     with store.transaction():
         record = _load_session(store, address)
-        changed, remember = _check_identity(store, address, msg.identity_key, policy)
         spk = prekey = None
         if session.prekey_message_needs(record, msg):
             spk_data = store.get_signed_prekey(msg.signed_prekey_id)
@@ -196,11 +197,17 @@ def _decrypt_prekey(
                 pk_data = store.get_prekeys([msg.prekey_id]).get(msg.prekey_id)
                 prekey = None if pk_data is None else keys.PreKey.from_bytes(pk_data)
         got = session.decrypt_prekey_whisper(record, msg, local, spk, prekey, rng)
+        if got.new_session:
+            changed, remember = _check_identity(store, address, got.remote_identity, policy)
+        else:  # a repeat for a session we hold: like a `msg`, its identity must be trusted
+            changed, remember = _check_identity(
+                store, address, got.remote_identity, IdentityPolicy.REJECT_CHANGES
+            )
         store.put_sessions({address: got.record.to_bytes()})
         if got.consumed_prekey_id is not None:
             store.remove_prekeys([got.consumed_prekey_id])
         if remember:
-            store.put_identities({address: msg.identity_key})
+            store.put_identities({address: got.remote_identity})
     return Inbound(
         plaintext=got.plaintext,
         identity_changed=changed,

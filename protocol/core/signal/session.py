@@ -234,12 +234,12 @@ def _respond(
     spk = signed_prekey.key_pair.private
     secret = [
         X3DH_PREFIX,
-        curve.shared_key(spk, msg.identity_key),
-        curve.shared_key(local.key_pair.private, msg.base_key),
-        curve.shared_key(spk, msg.base_key),
+        _agree(spk, msg.identity_key),
+        _agree(local.key_pair.private, msg.base_key),
+        _agree(spk, msg.base_key),
     ]
     if prekey is not None:
-        secret.append(curve.shared_key(prekey.key_pair.private, msg.base_key))
+        secret.append(_agree(prekey.key_pair.private, msg.base_key))
     root = kdf.derive_secrets(b"".join(secret), kdf.ZERO_SALT, kdf.INFO_TEXT)[0]
     return SessionState(
         remote_registration_id=msg.registration_id or 0,
@@ -254,6 +254,14 @@ def _respond(
         receiving=(),
         pending=None,
     )
+
+
+def _agree(private: bytes, public: bytes) -> bytes:
+    """X25519 with a key taken from a received message: a low-order key is an invalid message."""
+    try:
+        return curve.shared_key(private, public)
+    except CryptoError as exc:
+        raise InvalidMessage("message carries an unusable public key") from exc
 
 
 def _install(record: SessionRecord, state: SessionState) -> SessionRecord:
@@ -419,7 +427,7 @@ def _decrypt_with(
         previous = _chain_index(chains, last_remote)
         if previous is not None:
             chains[previous] = _close(_fill(chains[previous], msg.previous_counter))
-        shared = curve.shared_key(ratchet.private, msg.ratchet_key)
+        shared = _agree(ratchet.private, msg.ratchet_key)
         root, receive_key = kdf.derive_secrets(shared, root, kdf.INFO_RATCHET, 2)
         chains.append(ReceivingChain(msg.ratchet_key, receive_key, -1, {}))
         if len(chains) > MAX_RECEIVER_CHAINS:
@@ -427,7 +435,7 @@ def _decrypt_with(
         if sending is not None:
             previous_counter = sending.counter
         ratchet = curve.generate_keypair(rng)
-        shared = curve.shared_key(ratchet.private, msg.ratchet_key)
+        shared = _agree(ratchet.private, msg.ratchet_key)
         root, send_key = kdf.derive_secrets(shared, root, kdf.INFO_RATCHET, 2)
         sending = SendingChain(chain_key=send_key, counter=-1)
         last_remote = msg.ratchet_key
