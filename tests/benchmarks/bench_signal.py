@@ -14,7 +14,7 @@ from collections.abc import Callable
 from protocol import signal_store
 from protocol.core import curve
 from protocol.core.inject import CountingRng
-from protocol.core.signal import keys, session
+from protocol.core.signal import keys, messages, session
 from protocol.store import MemoryKeyStore
 from tests.interop.node import NodePeer
 
@@ -40,7 +40,7 @@ def ours() -> dict[str, float]:
 
     a_rec = session.initiate(None, bundle, alice, rng)
     a_rec, first = session.encrypt(a_rec, b"x", alice)
-    parsed = session.messages.parse_prekey_whisper(first.body)
+    parsed = messages.parse_prekey_whisper(first.body)
     b_rec = session.decrypt_prekey_whisper(None, parsed, bob, spk, opk, rng).record
     b_rec, reply = session.encrypt(b_rec, b"y", bob)
     a_rec = session.decrypt_whisper(a_rec, reply.body, alice, rng).record
@@ -51,7 +51,7 @@ def ours() -> dict[str, float]:
         state["a"], enc = session.encrypt(state["a"], pt, alice)
         state["b"] = session.decrypt_whisper(state["b"], enc.body, bob, rng).record
 
-    messages = rate(MESSAGES, one_message)
+    message_rate = rate(MESSAGES, one_message)
 
     a_store, b_store = MemoryKeyStore(), MemoryKeyStore()
     a_store.put_sessions({"b.0": state["a"].to_bytes()})
@@ -69,7 +69,7 @@ def ours() -> dict[str, float]:
     signs = rate(SIGNS, lambda: curve.sign(alice.key_pair.private, msg))
     verifies = rate(SIGNS * 10, lambda: curve.verify(alice.public, msg, sig))
     return {
-        "messages": messages,
+        "messages": message_rate,
         "messages_store": stored,
         "builds": builds,
         "sign": signs,
