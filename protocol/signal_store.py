@@ -20,11 +20,12 @@ in session_cipher.js), so late messages cannot flip trust back to an old key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 from protocol.core import curve
-from protocol.core.errors import InvalidMessage, UntrustedIdentity
+from protocol.core.errors import InvalidMessage, NoSession, UntrustedIdentity
 from protocol.core.inject import Rng
 from protocol.core.signal import keys, messages, sender_keys, session
 from protocol.store import KeyStore
@@ -151,6 +152,33 @@ def encrypt(
         new_record, message = session.encrypt(record, plaintext, local)
         store.put_sessions({address: new_record.to_bytes()})
     return message
+
+
+def encrypt_many(
+    store: KeyStore, plaintexts: Mapping[str, bytes], local: keys.LocalIdentity
+) -> dict[str, session.EncryptedMessage]:
+    """Encrypt one plaintext per address (a fan-out to a user's devices) in one transaction
+    with one batch read and one batch write. All or nothing: NoSession/UntrustedIdentity for
+    any address leaves every session unchanged."""
+    addresses = list(plaintexts)
+    with store.transaction():
+        records = store.get_sessions(addresses)
+        trusted = store.get_identities(addresses)
+        out: dict[str, session.EncryptedMessage] = {}
+        updated: dict[str, bytes] = {}
+        for address in addresses:
+            data = records.get(address)
+            if data is None:
+                raise NoSession("no session for this address", address=address)
+            record = session.SessionRecord.from_bytes(data)
+            state = record.open_session
+            known = trusted.get(address)
+            if state is not None and known is not None and known != state.remote_identity:
+                raise UntrustedIdentity("session identity is not the trusted one", address=address)
+            new_record, out[address] = session.encrypt(record, plaintexts[address], local)
+            updated[address] = new_record.to_bytes()
+        store.put_sessions(updated)
+    return out
 
 
 def decrypt(

@@ -321,3 +321,19 @@ def test_bad_signed_prekey_signature_is_refused() -> None:
         signal_store.build_session(alice.store, BOB, bad, alice.local, alice.rng)
     assert alice.store.get_sessions([BOB]) == {}
     assert alice.store.get_identities([BOB]) == {}
+
+
+def test_encrypt_many_is_all_or_nothing() -> None:
+    alice, bob = pair()
+    bob2 = Device(b"bob second device")
+    signal_store.build_session(alice.store, "15550002222.1", bob2.bundle(), alice.local, alice.rng)
+    out = signal_store.encrypt_many(
+        alice.store, {BOB: b"to phone", "15550002222.1": b"to companion"}, alice.local
+    )
+    assert bob.recv(ALICE, (out[BOB].type.enc_type, out[BOB].body)).plaintext == b"to phone"
+    second = out["15550002222.1"]
+    assert bob2.recv(ALICE, (second.type.enc_type, second.body)).plaintext == b"to companion"
+    before = alice.store.get_sessions([BOB, "15550002222.1"])
+    with pytest.raises(NoSession):
+        signal_store.encrypt_many(alice.store, {BOB: b"x", "15550009999.0": b"y"}, alice.local)
+    assert alice.store.get_sessions([BOB, "15550002222.1"]) == before
