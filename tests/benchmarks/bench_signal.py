@@ -7,6 +7,7 @@ builds from a prekey bundle (X3DH initiator), curve25519 sign and verify of 100 
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -88,9 +89,11 @@ def main() -> str:
         ("curve25519 sign, 100 B (/s)", py["sign"], node["sign"]),
         ("curve25519 verify, 100 B (/s)", py["verify"], node["verify"]),
     ]
+    load = os.getloadavg()[0]
     lines = [
         f"Run on {platform.python_implementation()} {platform.python_version()}, "
-        f"{platform.machine()}; libsignal-node 6.0.0 on the node of this machine, same run. "
+        f"{platform.machine()}, load average {load:.1f} at the end of the Python part; "
+        "libsignal-node 6.0.0 on the node of this machine, same run. "
         "Script: `tests/benchmarks/bench_signal.py` (node side: `tests/interop/signal_peer.cjs` "
         "`bench`). Messages are 100 bytes, one direction on an established session.",
         "",
@@ -102,7 +105,8 @@ def main() -> str:
     lines += [
         "",
         "Our session builds verify the signed-prekey signature (libsignal-node skips it, "
-        "SPEC §10.2). Signing is a pure-Python Ed25519 ladder (protocol/core/curve.py); "
+        "SPEC §10.2). Signing is pure-Python Ed25519 (a fixed-base comb with masked table "
+        "scans, protocol/core/curve.py); "
         "verification uses `cryptography`; libsignal-node signs and verifies with curve25519-js "
         "(pure JavaScript).",
     ]
