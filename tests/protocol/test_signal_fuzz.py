@@ -165,3 +165,32 @@ def test_empty_and_tiny_inputs(kind: str) -> None:
     for data in (b"", b"\x33", b"\x33" * 9, b"\x33" + bytes(40)):
         with pytest.raises(InvalidMessage):
             signal_store.decrypt(SCENE.b2_store, ALICE, kind, data, SCENE.bob, SCENE.rng)
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.binary(min_size=1, max_size=8).map(lambda b: b * 16),
+    st.binary(min_size=8, max_size=8),
+)
+def test_whisper_encode_parse_round_trip(
+    key: bytes, counter: int, previous: int, ciphertext: bytes, mac: bytes
+) -> None:
+    body = messages.encode_whisper_body(key, counter, previous, ciphertext)
+    parsed = messages.parse_whisper(b"\x33" + body + mac)
+    assert (parsed.ratchet_key, parsed.counter, parsed.previous_counter) == (key, counter, previous)
+    assert (parsed.ciphertext, parsed.body, parsed.mac) == (ciphertext, body, mac)
+    wrapped = messages.encode_prekey_whisper(
+        prekey_id=counter & 0xFFFFFF or None,
+        signed_prekey_id=previous & 0xFFFFFF,
+        base_key=key,
+        identity_key=key[::-1],
+        registration_id=previous,
+        message=b"\x33" + body + mac,
+    )
+    pk = messages.parse_prekey_whisper(wrapped)
+    assert pk.prekey_id == (counter & 0xFFFFFF or None)
+    assert (pk.base_key, pk.identity_key, pk.registration_id) == (key, key[::-1], previous)
+    assert pk.message == parsed

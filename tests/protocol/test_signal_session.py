@@ -76,7 +76,26 @@ def test_keys_generation_rules() -> None:
     assert keys.PreKey.from_bytes(pks[0].to_bytes()) == pks[0]
     with pytest.raises(CryptoError):
         keys.generate_prekeys(0xFFFFFF, 2, rng)
-    assert "private" not in repr(pks[0]).lower() or pks[0].key_pair.private.hex() not in repr(pks)
+
+
+def test_reprs_hide_key_material() -> None:
+    alice, bob = pair()
+    bob.recv(ALICE, alice.send(BOB, b"hello"))
+    alice.send(BOB, b"skipped")
+    bob.recv(ALICE, alice.send(BOB, b"after"))
+    record = session.SessionRecord.from_bytes(bob.store.get_sessions([ALICE])[ALICE])
+    state = record.sessions[0]
+    secrets = [state.root_key, state.ratchet.private, bob.local.key_pair.private]
+    secrets += [c.chain_key for c in state.receiving if c.chain_key is not None]
+    secrets += [seed for c in state.receiving for seed in c.skipped.values()]
+    assert state.sending is not None
+    secrets.append(state.sending.chain_key)
+    prekey = keys.generate_prekeys(1, 1, bob.rng)[0]
+    secrets.append(prekey.key_pair.private)
+    text = " ".join(repr(x) for x in (record, bob.local, bob.spk, prekey, bob.store))
+    assert len(secrets) >= 7
+    for secret in secrets:
+        assert secret.hex() not in text
 
 
 def test_store_prekey_ids_continue_after_use() -> None:
