@@ -119,6 +119,13 @@ def has_session(store: KeyStore, address: str) -> bool:
     return record is not None and record.open_session is not None
 
 
+def remote_registration_id(store: KeyStore, address: str) -> int | None:
+    """The peer's registration id on the open session (compared on retry receipts, SPEC §15.4)."""
+    record = _load_session(store, address)
+    state = None if record is None else record.open_session
+    return None if state is None else state.remote_registration_id
+
+
 def build_session(
     store: KeyStore,
     address: str,

@@ -278,6 +278,7 @@ def test_session_without_one_time_prekey(peer: NodePeer) -> None:
     raw = peer.call({"op": "bundle", "name": "noopk", "withPreKey": False})
     signal_store.build_session(ours.store, "2.0", node_bundle(raw), ours.local, ours.rng)
     enc = signal_store.encrypt(ours.store, "2.0", b"no prekey", ours.local)
+    assert signal_store.remote_registration_id(ours.store, "2.0") == 5
     got = peer.call(
         {
             "op": "decrypt",
@@ -288,6 +289,19 @@ def test_session_without_one_time_prekey(peer: NodePeer) -> None:
         }
     )
     assert got == {"ok": True, "pt": b"no prekey".hex()}
+    # The reverse: libsignal initiates from our bundle without a one-time prekey.
+    bundle = ours.bundle()
+    kept_id = bundle.pop("preKeyId")
+    del bundle["preKey"]
+    peer.call({"op": "new_party", "name": "noopk2", "registrationId": 7})
+    peer.call({"op": "init_outgoing", "name": "noopk2", "address": "1.0", "bundle": bundle})
+    r = peer.call({"op": "encrypt", "name": "noopk2", "address": "1.0", "pt": b"none".hex()})
+    inbound = signal_store.decrypt(
+        ours.store, "3.0", r["type"], bytes.fromhex(r["body"]), ours.local, ours.rng
+    )
+    assert inbound.plaintext == b"none"
+    assert inbound.new_session
+    assert ours.store.get_prekeys([kept_id])  # no one-time prekey was consumed
 
 
 def test_late_messages_for_replaced_sessions_both_ways(peer: NodePeer) -> None:
