@@ -32,7 +32,7 @@ def test_sequential_iterations_and_out_of_order() -> None:
     for i in (1, 0, 3, 2, 5):
         rx, pt = sender_keys.decrypt(rx, bodies[i])
         assert pt == b"m%d" % i
-    assert rx.states[0].skipped == ()
+    assert rx.states[0].skipped_iterations == []
     with pytest.raises(DuplicateMessage):
         sender_keys.decrypt(rx, bodies[2])
     with pytest.raises(DuplicateMessage):
@@ -57,7 +57,7 @@ def test_future_limit_and_skipped_key_bound() -> None:
     _, edge = sender_keys.encrypt(sender_keys.own_record(state.key_id, 2000, chain, signing), b"y")
     rx2, pt = sender_keys.decrypt(rx, edge)
     assert pt == b"y"
-    assert len(rx2.states[0].skipped) == sender_keys.MAX_MESSAGE_KEYS
+    assert len(rx2.states[0].skipped_iterations) == sender_keys.MAX_MESSAGE_KEYS
     # Skipping 2001 to reach 2002 exceeds the bound: the oldest kept key (0) is dropped.
     _, nxt = sender_keys.encrypt(
         sender_keys.own_record(
@@ -66,7 +66,7 @@ def test_future_limit_and_skipped_key_bound() -> None:
         b"z",
     )
     rx3, _ = sender_keys.decrypt(rx2, nxt)
-    kept = [i for i, _ in rx3.states[0].skipped]
+    kept = rx3.states[0].skipped_iterations
     assert len(kept) == sender_keys.MAX_MESSAGE_KEYS
     assert kept[0] == 1  # 2001 was skipped; 0 dropped
     assert kept[-1] == 2001
@@ -113,7 +113,7 @@ def test_record_round_trip_and_corruption() -> None:
     rx, _ = sender_keys.decrypt(rx, b1)
     for record in (own, rx):
         assert sender_keys.SenderKeyRecord.from_bytes(record.to_bytes()) == record
-    assert rx.states[0].skipped[0][0] == 0
+    assert rx.states[0].skipped_iterations == [0]
     with pytest.raises(DecodeError):
         sender_keys.SenderKeyRecord.from_bytes(b"\x0a\x01")
     assert own.states[0].chain_key.hex() not in repr(own)

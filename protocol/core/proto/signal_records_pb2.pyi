@@ -29,7 +29,7 @@ class MessageKey(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     index: _builtins.int
-    """counter (1:1) or iteration (sender keys)"""
+    """counter"""
     seed: _builtins.bytes
     """HMAC(chainKey, 0x01) of that step"""
     def __init__(
@@ -277,15 +277,15 @@ class SenderKeyState(_message.Message):
     CHAIN_KEY_FIELD_NUMBER: _builtins.int
     SIGNING_PUBLIC_FIELD_NUMBER: _builtins.int
     SIGNING_PRIVATE_FIELD_NUMBER: _builtins.int
-    SKIPPED_FIELD_NUMBER: _builtins.int
+    SKIPPED_KEYS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.int
     iteration: _builtins.int
     chain_key: _builtins.bytes
     signing_public: _builtins.bytes
     signing_private: _builtins.bytes
     """only in our own (sending) state"""
-    @_builtins.property
-    def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageKey]: ...
+    skipped_keys: _builtins.bytes
+    """packed, ascending: iteration (4 bytes BE) || seed (32)"""
     def __init__(
         self,
         *,
@@ -294,11 +294,11 @@ class SenderKeyState(_message.Message):
         chain_key: _builtins.bytes | None = ...,
         signing_public: _builtins.bytes | None = ...,
         signing_private: _builtins.bytes | None = ...,
-        skipped: _abc.Iterable[Global___MessageKey] | None = ...,
+        skipped_keys: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_key", b"chain_key", "iteration", b"iteration", "key_id", b"key_id", "signing_private", b"signing_private", "signing_public", b"signing_public"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_key", b"chain_key", "iteration", b"iteration", "key_id", b"key_id", "signing_private", b"signing_private", "signing_public", b"signing_public", "skipped_keys", b"skipped_keys"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_key", b"chain_key", "iteration", b"iteration", "key_id", b"key_id", "signing_private", b"signing_private", "signing_public", b"signing_public", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_key", b"chain_key", "iteration", b"iteration", "key_id", b"key_id", "signing_private", b"signing_private", "signing_public", b"signing_public", "skipped_keys", b"skipped_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

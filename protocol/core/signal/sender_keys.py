@@ -31,6 +31,7 @@ MAX_MESSAGE_KEYS = 2000  # sender-key-state.js MAX_MESSAGE_KEYS
 MAX_SKIP = 2000  # group_cipher.js getSenderKey: "Over 2000 messages into the future!"
 KEY_ID_MASK = 0x7FFFFFFF  # SPEC §10.8: key id is random 31-bit (`randomInt(2147483647)`)
 RECORD_VERSION = 1  # our stored format (signal_records.proto SenderKeyRecord.version)
+_SKIPPED_ENTRY = 4 + kdf.BLOCK  # packed skipped key: iteration u32 BE || 32-byte seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,17 @@ class SenderKeyState:
     chain_key: bytes = field(repr=False)
     signing_public: bytes
     signing_private: bytes | None = field(default=None, repr=False)
-    skipped: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)  # ascending
+    # Skipped message keys packed as `iteration (4 bytes BE) || seed (32)`, ascending: a
+    # Baileys sender skips every other iteration, so receivers hold up to 2000 of these and
+    # a packed blob keeps load/store and trimming at C speed.
+    skipped: bytes = field(default=b"", repr=False)
+
+    @property
+    def skipped_iterations(self) -> list[int]:
+        return [
+            int.from_bytes(self.skipped[i : i + 4], "big")
+            for i in range(0, len(self.skipped), _SKIPPED_ENTRY)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +81,8 @@ class SenderKeyRecord:
             )
             if s.signing_private is not None:
                 p.signing_private = s.signing_private
-            for index, seed in s.skipped:
-                p.skipped.add(index=index, seed=seed)
+            if s.skipped:
+                p.skipped_keys = s.skipped
         return out.SerializeToString()
 
     @classmethod
@@ -87,6 +98,8 @@ class SenderKeyRecord:
         for p in msg.states:
             if len(p.chain_key) != kdf.BLOCK or len(p.signing_public) != curve.KEY_LEN:
                 raise DecodeError("sender key record holds a key of the wrong length")
+            if len(p.skipped_keys) % _SKIPPED_ENTRY:
+                raise DecodeError("sender key record holds a truncated skipped key")
             states.append(
                 SenderKeyState(
                     key_id=p.key_id,
@@ -94,7 +107,7 @@ class SenderKeyRecord:
                     chain_key=p.chain_key,
                     signing_public=p.signing_public,
                     signing_private=p.signing_private if p.HasField("signing_private") else None,
-                    skipped=tuple((k.index, k.seed) for k in p.skipped),
+                    skipped=p.skipped_keys,
                 )
             )
         return cls(states=tuple(states))
@@ -189,10 +202,11 @@ def decrypt(record: SenderKeyRecord | None, data: bytes) -> tuple[SenderKeyRecor
         raise InvalidMessage("bad sender key message signature")
     skipped = state.skipped
     if msg.iteration < state.iteration:
-        seed = next((s for i, s in skipped if i == msg.iteration), None)
-        if seed is None:
+        at = _find_skipped(skipped, msg.iteration)
+        if at is None:
             raise DuplicateMessage("old sender key iteration", iteration=msg.iteration)
-        new_state = replace(state, skipped=tuple((i, s) for i, s in skipped if i != msg.iteration))
+        seed = skipped[at + 4 : at + _SKIPPED_ENTRY]
+        new_state = replace(state, skipped=skipped[:at] + skipped[at + _SKIPPED_ENTRY :])
     else:
         if msg.iteration - state.iteration > MAX_SKIP:
             raise InvalidMessage("over 2000 iterations into the future", iteration=msg.iteration)
@@ -200,12 +214,28 @@ def decrypt(record: SenderKeyRecord | None, data: bytes) -> tuple[SenderKeyRecor
         added = []
         for i in range(state.iteration, msg.iteration):
             s, chain = kdf.chain_step(chain)
-            added.append((i, s))
+            added.append(i.to_bytes(4, "big") + s)
         seed, chain = kdf.chain_step(chain)
         if added:
-            skipped = (*skipped, *added)[-MAX_MESSAGE_KEYS:]
+            skipped = (skipped + b"".join(added))[-MAX_MESSAGE_KEYS * _SKIPPED_ENTRY :]
         new_state = replace(state, iteration=msg.iteration + 1, chain_key=chain, skipped=skipped)
     key = kdf.group_message_key(seed)
     plaintext = cipher.decrypt(key.cipher_key, key.iv, msg.ciphertext)
     states = tuple(new_state if s is state else s for s in record.states)
     return SenderKeyRecord(states=states), plaintext
+
+
+def _find_skipped(packed: bytes, iteration: int) -> int | None:
+    """Byte offset of `iteration` in the ascending packed skipped keys (binary search)."""
+    lo, hi = 0, len(packed) // _SKIPPED_ENTRY
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = mid * _SKIPPED_ENTRY
+        value = int.from_bytes(packed[at : at + 4], "big")
+        if value == iteration:
+            return at
+        if value < iteration:
+            lo = mid + 1
+        else:
+            hi = mid
+    return None
