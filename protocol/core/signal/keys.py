@@ -18,11 +18,10 @@ from protocol.core.inject import Rng
 from protocol.core.proto import signal_records_pb2 as rpb
 
 REGISTRATION_ID_MASK = 0x3FFF  # SPEC §8.1: Baileys `generateRegistrationId` = random16 & 0x3FFF
-MAX_REGISTRATION_ID = 0xFFFFFFFF  # SPEC §8.1: any 32-bit id from a peer is accepted
 MAX_PREKEY_ID = 0xFFFFFF  # SPEC §10.1/§12.3: prekey ids are 24-bit (3 bytes BE on the wire)
-_M = TypeVar("_M", rpb.PreKeyRecord, rpb.SignedPreKeyRecord)
-
 FIRST_PREKEY_ID = 1  # SPEC §12.3: ids start at 1 and increase (Baileys `nextPreKeyId`)
+
+_M = TypeVar("_M", rpb.PreKeyRecord, rpb.SignedPreKeyRecord)
 
 
 def generate_registration_id(rng: Rng) -> int:

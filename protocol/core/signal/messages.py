@@ -33,7 +33,7 @@ def check_version(byte: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class WhisperMessage:
-    """A parsed `msg`: `mac_input_body` is the protobuf the MAC covers (SPEC §10.6)."""
+    """A parsed `msg`; `body` is the protobuf the MAC covers, after 0x33 (SPEC §10.6)."""
 
     ratchet_key: bytes
     counter: int
