@@ -20,7 +20,7 @@ from protocol.core.inject import CountingRng
 from protocol.core.signal import keys, messages, sender_keys, session
 from protocol.store import MemoryKeyStore
 
-EXAMPLES = 2000
+EXAMPLES = max(2000, settings().max_examples)  # the `fuzz` profile raises it to 100,000
 ALICE, BOB = "15550001111.0", "15550002222.0"
 GROUP = "120363000000000001@g.us::15550001111::0"
 
