@@ -4,6 +4,8 @@ Owns:
     protocol.core       sans-I/O: framing, Noise, binary nodes, JIDs, protobuf, Signal, pairing,
                         media crypto, the `Connection` state machine. Bytes in, events/bytes out.
     protocol.store      the `KeyStore` interface (typing.Protocol) and `MemoryKeyStore`.
+    protocol.signal_store  Signal operations over a `KeyStore`: load records, run the pure
+                        protocol.core.signal functions, store results in one transaction.
     protocol.aio        the thin asyncio `Client`: websocket, IQ by id, keepalive, reconnect.
     protocol.simulator  a protocol-faithful local WhatsApp server for tests, demo and benchmarks.
 

@@ -8,17 +8,21 @@ X25519 is done by `cryptography`. Verification converts the Montgomery public ke
 form and lets `cryptography`'s Ed25519 verify. Signing cannot be done by `cryptography` (its
 Ed25519 keys are seed-derived), so it uses a small Ed25519 scalar multiplication written here.
 
-Constant time, as far as Python allows: the private scalar is only ever used in a Montgomery
-ladder over the fixed 256 bits, with conditional swaps done by masking (no branch and no table
-index depends on a secret bit), and the point formulas are the complete, branch-free twisted
-Edwards addition (used for doubling too). Python's big integers are not constant-time
-themselves (their running time follows the size of the values), so this removes the gross
-timing channel of double-and-add, not every one. Signing is deterministic (r is derived from
-the key and message, as curve25519-js does when no random is given), so no randomness enters it.
+Constant time, as far as Python allows: both scalar multiplications in signing are by the
+fixed base point, done as a 4-bit fixed-window comb over a table of j·16^i·B (64 windows x 16
+entries, public data built once on first use). Every window scans all 16 entries and keeps the
+wanted one by masking, so no branch and no table index depends on a secret digit; all 64
+windows are always added, with the complete, branch-free twisted Edwards addition (the
+identity entry included). Python's big integers are not constant-time themselves (their
+running time follows the size of the values), so this removes the gross timing channels of
+double-and-add and of indexed table lookups, not every one. Signing is deterministic (r is
+derived from the key and message, as curve25519-js does when no random is given), so no
+randomness enters it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -114,10 +118,10 @@ def sign(private: bytes, message: bytes) -> bytes:
     """The curve25519-js signature of `message` (SPEC §10.3), deterministic, 64 bytes."""
     a_bytes = clamp(private)
     a = int.from_bytes(a_bytes, "little")
-    pub_ed = _encode(_scalar_mult(a, _BASE))
+    pub_ed = _encode(_base_mult(a))
     sign_bit = pub_ed[31] & 0x80
     r = int.from_bytes(hashlib.sha512(a_bytes + message).digest(), "little") % _L
-    r_enc = _encode(_scalar_mult(r, _BASE))
+    r_enc = _encode(_base_mult(r))
     h = int.from_bytes(hashlib.sha512(r_enc + pub_ed + message).digest(), "little") % _L
     s = (r + h * a) % _L
     sig = bytearray(r_enc + s.to_bytes(32, "little"))
@@ -170,25 +174,41 @@ def _add(p: _Point, q: _Point) -> _Point:
     return ((e * f) % _P, (g * h) % _P, (f * g) % _P, (e * h) % _P)
 
 
-def _cswap(p: _Point, q: _Point, bit: int) -> tuple[_Point, _Point]:
-    mask = -bit  # 0 or all ones
-    out_p, out_q = [], []
-    for a, b in zip(p, q, strict=True):
-        t = mask & (a ^ b)
-        out_p.append(a ^ t)
-        out_q.append(b ^ t)
-    return (out_p[0], out_p[1], out_p[2], out_p[3]), (out_q[0], out_q[1], out_q[2], out_q[3])
+_WINDOW_BITS = 4
+_WINDOWS = 64  # 256-bit scalars (the clamped key is < 2^255, r < L < 2^253)
+_WINDOW_SIZE = 1 << _WINDOW_BITS
 
 
-def _scalar_mult(k: int, point: _Point) -> _Point:
-    r0, r1 = _IDENTITY, point
-    for i in range(255, -1, -1):
-        bit = (k >> i) & 1
-        r0, r1 = _cswap(r0, r1, bit)
-        r1 = _add(r0, r1)
-        r0 = _add(r0, r0)
-        r0, r1 = _cswap(r0, r1, bit)
-    return r0
+@functools.cache
+def _base_table() -> tuple[tuple[_Point, ...], ...]:
+    """Row i holds j·16^i·B for j = 0..15 (public constants, computed once per process)."""
+    rows = []
+    base = _BASE
+    for _ in range(_WINDOWS):
+        row = [_IDENTITY]
+        point = base
+        for _j in range(1, _WINDOW_SIZE):
+            row.append(point)
+            point = _add(point, base)
+        rows.append(tuple(row))
+        base = point  # 16·base
+    return tuple(rows)
+
+
+def _base_mult(k: int) -> _Point:
+    """k·B with a masked scan of every table row (see the module docstring)."""
+    acc = _IDENTITY
+    for i, row in enumerate(_base_table()):
+        digit = (k >> (_WINDOW_BITS * i)) & (_WINDOW_SIZE - 1)
+        sx = sy = sz = st = 0
+        for j, (x, y, z, t) in enumerate(row):
+            mask = -(1 ^ (((j ^ digit) + _WINDOW_SIZE - 1) >> _WINDOW_BITS))  # -1 iff j == digit
+            sx |= x & mask
+            sy |= y & mask
+            sz |= z & mask
+            st |= t & mask
+        acc = _add(acc, (sx, sy, sz, st))
+    return acc
 
 
 def _encode(point: _Point) -> bytes:
