@@ -4,6 +4,7 @@ the vectors and the node peer, and hypothesis strategies for nodes Baileys repre
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,22 @@ content_strings = (
     | st.text(alphabet="0123456789ABCDEF", min_size=1, max_size=127)
     | jid_texts()
 )
-attr_keys = tokens | st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
+# JS objects iterate integer-like keys first, so Baileys would write them in another order.
+attr_keys = (
+    tokens | st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
+).filter(lambda k: not re.fullmatch(r"0|[1-9][0-9]*", k) and k not in _JS_OBJECT_KEYS)
 
 
 @st.composite
 def baileys_nodes(draw: st.DrawFn, depth: int = 0) -> Node:
     """Nodes Baileys can represent faithfully: string attrs (JID strings included), string,
     bytes or child-list content."""
-    tag = draw(tokens | st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_:", min_size=1, max_size=10))
+    tag = draw(
+        tokens
+        | st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_:", min_size=1, max_size=10).filter(
+            lambda t: t not in _JS_OBJECT_KEYS
+        )
+    )
     attrs = draw(st.dictionaries(attr_keys, strings, max_size=5))
     kinds = ["none", "bytes", "str"] + (["list"] if depth < 3 else [])
     kind = draw(st.sampled_from(kinds))
