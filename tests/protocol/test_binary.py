@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zlib
 
@@ -269,6 +270,10 @@ def test_node_accessors() -> None:
     assert node.child("a") == Node("a")
     assert [c.attrs.get("n") for c in node.children_by_tag("a")] == [None, "2"]
     assert Node("x", {}, b"1").children == []
+    decoded = decode_node(encode_node(node))
+    assert decoded == node
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.tag = "x"  # type: ignore[misc]
 
 
 def test_encoder_rejects_wrong_types() -> None:

@@ -13,6 +13,7 @@ root node are refused (as whatsmeow does).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from protocol.core.binary.encoder import (
     AD_JID,
@@ -41,9 +42,9 @@ MAX_DEPTH = 64
 DEFAULT_MAX_DECOMPRESSED = 1 << 24
 
 _DICTIONARY_3 = DICTIONARY_0 + 3
-# Nibble alphabet (SPEC §4.5): hex digits a/b are '-'/'.', f is the '\0' pad; c/d/e invalid.
-_NIBBLE_FROM_HEX = str.maketrans({"a": "-", "b": ".", "f": "\0"})
-_BAD_NIBBLES = frozenset("cde")
+# Nibble alphabet (SPEC §4.5): hex digits a/b are '-'/'.', f is the '\0' pad; c/d/e are
+# invalid and become "!", which cannot otherwise appear, so one substring test finds them.
+_NIBBLE_FROM_HEX = str.maketrans({"a": "-", "b": ".", "f": "\0", "c": "!", "d": "!", "e": "!"})
 
 
 class _Truncated(Exception):
@@ -60,13 +61,12 @@ def _read_bytes(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
 def _read_packed(data: bytes, pos: int, tag: int) -> tuple[str, int]:
     start = data[pos]
     raw, pos = _read_bytes(data, pos + 1, start & 0x7F)
-    text = raw.hex()
     if tag == NIBBLE_8:
-        if not _BAD_NIBBLES.isdisjoint(text):
+        text = raw.hex().translate(_NIBBLE_FROM_HEX)
+        if "!" in text:
             raise DecodeError("invalid nibble", offset=pos)
-        text = text.translate(_NIBBLE_FROM_HEX)
     else:
-        text = text.upper()
+        text = raw.hex().upper()
     if start & 0x80:
         text = text[:-1]
     return text, pos
@@ -78,15 +78,15 @@ def _read_string(data: bytes, pos: int, t: TokenTable, depth: int) -> tuple[str 
     pos += 1
     if 0 < tag < DICTIONARY_0:
         return t.single[tag], pos
+    if tag in (JID_PAIR, AD_JID, FB_JID, INTEROP_JID):
+        if depth >= MAX_DEPTH:
+            raise DecodeError("JIDs nested too deeply", offset=pos)
+        return _read_jid(data, pos, tag, t, depth + 1)
     if tag in (NIBBLE_8, HEX_8):
         return _read_packed(data, pos, tag)
     if tag == BINARY_8:
         raw, pos = _read_bytes(data, pos + 1, data[pos])
         return raw.decode("utf-8", "replace"), pos
-    if tag in (JID_PAIR, AD_JID, FB_JID, INTEROP_JID):
-        if depth >= MAX_DEPTH:
-            raise DecodeError("JIDs nested too deeply", offset=pos)
-        return _read_jid(data, pos, tag, t, depth + 1)
     if tag <= _DICTIONARY_3:
         if tag == LIST_EMPTY:
             return "", pos
@@ -109,6 +109,9 @@ def _text(value: str | JID) -> str:
 def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tuple[JID, int]:
     if tag == JID_PAIR:
         user, pos = _read_string(data, pos, t, depth)
+        b = data[pos]
+        if 0 < b < DICTIONARY_0:  # the server is nearly always a single-byte token
+            return JID(_text(user), t.single[b]), pos + 1
         server, pos = _read_string(data, pos, t, depth)
         if not server:
             raise DecodeError("invalid JID pair: empty server", offset=pos)
@@ -141,53 +144,100 @@ def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tup
     return JID(_text(user), server_text, device, integrator=integrator), pos
 
 
-def _read_list_size(data: bytes, pos: int, tag: int) -> tuple[int, int]:
-    if tag == LIST_8:
-        return data[pos], pos + 1
-    if tag == LIST_16:
-        return (data[pos] << 8) | data[pos + 1], pos + 2
-    if tag == LIST_EMPTY:
-        return 0, pos
-    raise DecodeError("invalid list tag", offset=pos - 1, tag=tag)
+# Frozen dataclasses assign fields through object.__setattr__ in __init__; on this hot path
+# the decoder fills the slots directly through their descriptors (same resulting value, about
+# a third of the cost per node).
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    setter: Callable[[object, object], None] = vars(cls)[name].__set__
+    return setter
+
+
+_new = object.__new__
+_set_tag = _slot_setter(Node, "tag")
+_set_attrs = _slot_setter(Node, "attrs")
+_set_content = _slot_setter(Node, "content")
 
 
 def _read_node(data: bytes, pos: int, t: TokenTable, depth: int) -> tuple[Node, int]:
     if depth >= MAX_DEPTH:
         raise DecodeError("nodes nested too deeply", offset=pos)
-    size, pos = _read_list_size(data, pos + 1, data[pos])
+    single = t.single
+    b = data[pos]
+    if b == LIST_8:
+        size = data[pos + 1]
+        pos += 2
+    elif b == LIST_16:
+        size = (data[pos + 1] << 8) | data[pos + 2]
+        pos += 3
+    elif b == LIST_EMPTY:
+        raise DecodeError("invalid node: empty list", offset=pos)
+    else:
+        raise DecodeError("invalid list tag", offset=pos, tag=b)
     if size == 0:
         raise DecodeError("invalid node: empty list", offset=pos)
-    header, pos = _read_string(data, pos, t, depth)
-    tag = _text(header)
-    if not tag:
-        raise DecodeError("invalid node: empty tag", offset=pos)
+    # Strings are read inline when they are single-byte tokens (most tags, keys and values).
+    b = data[pos]
+    if 0 < b < DICTIONARY_0:
+        tag = single[b]
+        pos += 1
+    else:
+        value, pos = _read_string(data, pos, t, depth)
+        tag = value if type(value) is str else str(value)
+        if not tag:
+            raise DecodeError("invalid node: empty tag", offset=pos)
     attrs: dict[str, AttrValue] = {}
     for _ in range((size - 1) >> 1):
-        key, pos = _read_string(data, pos, t, depth)
-        value, pos = _read_string(data, pos, t, depth)
-        attrs[_text(key)] = value
+        b = data[pos]
+        if 0 < b < DICTIONARY_0:
+            key = single[b]
+            pos += 1
+        else:
+            value, pos = _read_string(data, pos, t, depth)
+            key = value if type(value) is str else str(value)
+        b = data[pos]
+        if 0 < b < DICTIONARY_0:
+            attrs[key] = single[b]
+            pos += 1
+        else:
+            attrs[key], pos = _read_string(data, pos, t, depth)
     content: Content = None
     if not size & 1:
-        ctag = data[pos]
-        if ctag in (LIST_8, LIST_EMPTY, LIST_16):
-            count, pos = _read_list_size(data, pos + 1, ctag)
+        b = data[pos]
+        if b in (LIST_8, LIST_EMPTY, LIST_16):
+            if b == LIST_8:
+                count = data[pos + 1]
+                pos += 2
+            elif b == LIST_16:
+                count = (data[pos + 1] << 8) | data[pos + 2]
+                pos += 3
+            else:
+                count = 0
+                pos += 1
             children = []
             for _ in range(count):
                 child, pos = _read_node(data, pos, t, depth + 1)
                 children.append(child)
             content = children
-        elif ctag == BINARY_8:
-            content, pos = _read_bytes(data, pos + 2, data[pos + 1])
-        elif ctag == BINARY_20:
+        elif b == BINARY_8:
+            end = pos + 2 + data[pos + 1]
+            if end > len(data):
+                raise _Truncated
+            content = data[pos + 2 : end]
+            pos = end
+        elif b == BINARY_20:
             n = ((data[pos + 1] & 0x0F) << 16) | (data[pos + 2] << 8) | data[pos + 3]
             content, pos = _read_bytes(data, pos + 4, n)
-        elif ctag == BINARY_32:
+        elif b == BINARY_32:
             n = int.from_bytes(_read_bytes(data, pos + 1, 4)[0])
             content, pos = _read_bytes(data, pos + 5, n)
         else:
             value, pos = _read_string(data, pos, t, depth)
-            content = _text(value)
-    return Node(tag, attrs, content), pos
+            content = value if type(value) is str else str(value)
+    node = _new(Node)
+    _set_tag(node, tag)
+    _set_attrs(node, attrs)
+    _set_content(node, content)
+    return node, pos
 
 
 def decode_node_body(data: bytes, table: TokenTable) -> Node:
