@@ -129,6 +129,8 @@ def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tup
     pos += 2
     if tag == FB_JID:
         server, pos = _read_string(data, pos, t, depth)
+        if not server:
+            raise DecodeError("invalid FB JID: empty server", offset=pos)
         return JID(_text(user), _text(server), device), pos
     integrator = int.from_bytes(_read_bytes(data, pos, 2)[0])
     pos += 2
@@ -140,7 +142,8 @@ def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tup
         except (DecodeError, IndexError, _Truncated):
             pass
         else:
-            server_text, pos = _text(value), after
+            pos = after
+            server_text = _text(value) or INTEROP_SERVER
     return JID(_text(user), server_text, device, integrator=integrator), pos
 
 

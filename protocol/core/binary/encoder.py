@@ -2,9 +2,11 @@
 
 String preference (Baileys `writeString`, rc14 `lib/WABinary/encode.js`): `""` → BINARY_8 00;
 token; double token; nibble; hex; text containing `@` → JID in Baileys' reading of the text
-(split at the first `@`, then `:device`, then `_agent`); raw UTF-8. Typed `JID` values are
+(split at the first `@`, then `:device`, then `_agent`; raw if nothing follows the `@`,
+which Baileys would write as an undecodable JID); raw UTF-8. Typed `JID` values are
 written by whatsmeow's rule (`writeJID`): FB_JID for `msgr`, INTEROP_JID for `interop`, AD_JID
-for a device/agent or a hosted server, JID_PAIR otherwise.
+for a device/agent on a PN/LID server or any hosted JID, JID_PAIR otherwise (see `_write_jid`
+for the two cases whatsmeow cannot express).
 
 Programming errors (a value of the wrong type, a device that does not fit its byte) raise
 `TypeError`/`ValueError`: they are bugs in the caller, not bad input from the network.
@@ -17,7 +19,9 @@ import re
 from protocol.core.binary.node import Node
 from protocol.core.binary.tokens import TokenTable
 from protocol.core.jid import (
+    DEFAULT_USER_SERVER,
     DOMAIN_BY_SERVER,
+    HIDDEN_USER_SERVER,
     HOSTED_LID_SERVER,
     HOSTED_SERVER,
     INTEROP_SERVER,
@@ -99,9 +103,12 @@ def _write_string(out: bytearray, s: str, encoded: dict[str, bytes]) -> None:
             out.append((n + 1) // 2 | (0x80 if n & 1 else 0))
             out += bytes.fromhex(s + "F" if n & 1 else s)
             return
-    if "@" in s:
+    at = s.find("@")
+    if 0 <= at < n - 1:
         _write_text_jid(out, s, encoded)
         return
+    # Deviation from Baileys: text whose '@' is its last character would be a JID_PAIR with an
+    # empty server, which no decoder accepts (SPEC §5.1 readJidPair); it is written raw instead.
     raw = s.encode()
     _write_length(out, len(raw))
     out += raw
@@ -140,22 +147,33 @@ def _write_text_jid(out: bytearray, s: str, encoded: dict[str, bytes]) -> None:
         _write_string(out, server, encoded)
 
 
+_AD_SERVERS = frozenset({DEFAULT_USER_SERVER, HIDDEN_USER_SERVER, HOSTED_SERVER, HOSTED_LID_SERVER})
+
+
 def _write_jid(out: bytearray, jid: JID, encoded: dict[str, bytes]) -> None:
+    # whatsmeow `writeJID` (SPEC §5.1), extended so every value the decoder can produce is
+    # written in a form that decodes back to it: a device that does not fit AD_JID's byte, or a
+    # device on a server without an AD domain, uses the FB_JID layout (user, 2-byte device,
+    # server string), which carries any server.
     server = jid.server
-    if server == MESSENGER_SERVER:
-        out.append(FB_JID)
-        _write_string(out, jid.user, encoded)
-        out += jid.device.to_bytes(2, "big")
-        _write_string(out, server, encoded)
-    elif server == INTEROP_SERVER:
+    if not server:
+        raise ValueError(f"JID without a server: {jid!r}")
+    if server == INTEROP_SERVER or jid.integrator:
         out.append(INTEROP_JID)
         _write_string(out, jid.user, encoded)
         out += jid.device.to_bytes(2, "big")
         out += jid.integrator.to_bytes(2, "big")
         _write_string(out, server, encoded)
-    elif jid.device or jid.agent or server in (HOSTED_SERVER, HOSTED_LID_SERVER):
-        if jid.device > 0xFF:
-            raise ValueError(f"device {jid.device} does not fit an AD_JID")
+    elif server == MESSENGER_SERVER or (
+        jid.device and (jid.device > 0xFF or server not in _AD_SERVERS)
+    ):
+        out.append(FB_JID)
+        _write_string(out, jid.user, encoded)
+        out += jid.device.to_bytes(2, "big")
+        _write_string(out, server, encoded)
+    elif server in _AD_SERVERS and (
+        jid.device or jid.agent or server in (HOSTED_SERVER, HOSTED_LID_SERVER)
+    ):
         out.append(AD_JID)
         out.append(jid.domain_type)
         out.append(jid.device)
