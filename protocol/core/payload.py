@@ -23,7 +23,9 @@ from protocol.core.proto.wa6_pb2 import ClientPayload
 WA_VERSION: tuple[int, int, int] = (2, 3000, 1043857760)
 # SPEC §16: Baileys default browser `Browsers.macOS('Chrome')` = [os, browser, osVersion].
 BROWSER: tuple[str, str, str] = ("Mac OS", "Chrome", "14.4.1")
-# SPEC §7.2 common part (Baileys `getUserAgent`).
+# SPEC §7.2 common part (Baileys `getUserAgent`): platform WEB (14), release channel RELEASE.
+PLATFORM = ClientPayload.UserAgent.WEB
+RELEASE_CHANNEL = ClientPayload.UserAgent.RELEASE
 MCC = "000"
 MNC = "000"
 OS_VERSION = "0.1"
@@ -52,6 +54,8 @@ class ClientConfig:
     os_build_number: str = OS_BUILD_NUMBER
     device: str = DEVICE
     device_props_version: tuple[int, int, int] = DEVICE_PROPS_VERSION
+    platform: int = PLATFORM
+    release_channel: int = RELEASE_CHANNEL
 
 
 DEFAULT_CONFIG = ClientConfig()
@@ -74,7 +78,7 @@ def _base_payload(config: ClientConfig) -> ClientPayload:
     """The part common to login and registration (SPEC §7.2)."""
     primary, secondary, tertiary = config.version
     user_agent = ClientPayload.UserAgent(
-        platform=ClientPayload.UserAgent.WEB,
+        platform=config.platform,  # type: ignore[arg-type]
         appVersion=ClientPayload.UserAgent.AppVersion(
             primary=primary, secondary=secondary, tertiary=tertiary
         ),
@@ -83,7 +87,7 @@ def _base_payload(config: ClientConfig) -> ClientPayload:
         osVersion=config.os_version,
         device=config.device,
         osBuildNumber=config.os_build_number,
-        releaseChannel=ClientPayload.UserAgent.RELEASE,
+        releaseChannel=config.release_channel,  # type: ignore[arg-type]
         localeLanguageIso6391=config.language,
         localeCountryIso31661Alpha2=config.country,
     )

@@ -142,7 +142,9 @@ def main() -> str:
         f"~{SECONDS:.0f} s per figure. Stanza: `<message>` with `<participants>` of 3 `<to>` "
         "each holding a 200-byte `<enc>`, plus a 160-byte `<device-identity>`. Handshake: "
         "client and server sides, fresh ephemeral keys, certificate chain verified, login "
-        "ClientPayload encrypted and parsed.",
+        "ClientPayload encrypted and parsed. The machine is shared with parallel jobs, so single "
+        "figures move by tens of percent between runs; the ratios, taken in the same run, are "
+        "steadier.",
         "",
         "| operation | unit | wafleet | Baileys | wafleet / Baileys |",
         "|---|---|---:|---:|---:|",

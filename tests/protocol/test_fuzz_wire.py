@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import zlib
 
+import pytest
 from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from protocol.core import framing
 from protocol.core.binary import BinaryCodec, Node, encode_node
 from protocol.core.errors import DecodeError, FrameError, HandshakeError
-from protocol.core.noise import NoiseInitiator, NoiseResponder, make_cert_chain
+from protocol.core.noise import NoiseInitiator, NoiseResponder, TransportCipher, make_cert_chain
 from protocol.core.payload import build_login_payload
 from protocol.core.proto import adv_pb2, companion_reg_pb2, e2e_pb2, parse, signal_pb2, wa6_pb2
 from tests.protocol.wire_data import baileys_nodes, kp
@@ -204,3 +205,13 @@ def test_fuzz_client_finish_into_responder(data: bytes) -> None:
     except HandshakeError:
         return
     assert done.client_static == C_S.public
+
+
+@settings(max_examples=EXAMPLES)
+@given(st.binary(max_size=200), st.integers(0, 3))
+def test_fuzz_transport_decrypt(data: bytes, counter: int) -> None:
+    cipher = TransportCipher(bytes(32), counter)
+    with pytest.raises(FrameError) as info:  # random bytes never authenticate
+        cipher.decrypt(data)
+    assert info.value.details["reason"] == "decrypt_failed"
+    assert cipher.counter == counter + 1
