@@ -161,3 +161,30 @@ def test_our_initiator_against_baileys_responder(noise_peer: NodePeer) -> None:
     finish, _ = initiator.client_finish(payload)
     seen = noise_peer.call({"op": "server_finish", "data": framing.encode_frame(finish).hex()})
     assert seen == {"client_static": c_noise.public.hex(), "payload": payload.hex()}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "u_7:2@s.whatsapp.net",
+        "x:0@s.whatsapp.net",
+        "a:3abc@s.whatsapp.net",
+        "a_5x:2@s.whatsapp.net",
+        "a_:2@s.whatsapp.net",
+        "a: 3 @s.whatsapp.net",
+        "a:3.9@s.whatsapp.net",
+        "a:300@s.whatsapp.net",
+        "a:-1@lid",
+        "a_b_c@s.whatsapp.net",
+        "a@b@c",
+        "@g.us",
+        "a:1:2@s.whatsapp.net",
+        "1:2@hosted.lid",
+        "1@hosted",
+    ],
+)
+def test_odd_jid_strings_encode_like_baileys(codec_peer: NodePeer, text: str) -> None:
+    # Baileys' reading of JID-like text (SPEC §5.1, `jidDecode` + `writeJid`), byte for byte.
+    node = Node("to", {"jid": text})
+    [theirs] = codec_peer.call({"op": "encode", "nodes": [node_to_json(node)]})
+    assert encode_node(node).hex() == theirs

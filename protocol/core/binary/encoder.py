@@ -51,7 +51,8 @@ _NIBBLE = re.compile(r"[0-9.\-]{1,127}")
 _HEX = re.compile(r"[0-9A-F]{1,127}")
 _TO_HEX_DIGITS = str.maketrans({"-": "a", ".": "b"})
 _EMPTY_STRING = bytes((BINARY_8, 0))
-_LEADING_DIGITS = re.compile(r"\s*([+-]?[0-9]+)")
+_LEADING_INT = re.compile(r"\s*([+-]?[0-9]+)")
+_DECIMAL = re.compile(r"([+-]?[0-9]+)(?:\.[0-9]*)?")
 
 
 def _write_length(out: bytearray, n: int) -> None:
@@ -114,12 +115,16 @@ def _write_string(out: bytearray, s: str, encoded: dict[str, bytes]) -> None:
     out += raw
 
 
-def _js_int(text: str) -> int:
-    """The integer part a JS `+x`/`parseInt` would give for decimal text, 0 where JS gives NaN.
+def _js_parse_int(text: str) -> int:
+    """JS `parseInt(text) || 0` as one byte: Baileys' agent → domainType (`jid-utils.js`)."""
+    m = _LEADING_INT.match(text)
+    return int(m.group(1)) & 0xFF if m else 0
 
-    Baileys writes `device || 0` and `domainType || 0` as single bytes (`& 0xff`).
-    """
-    m = _LEADING_DIGITS.match(text)
+
+def _js_number(text: str) -> int:
+    """JS `(+text || 0) & 0xff` for decimal text: Baileys' device byte. Other numeric syntaxes
+    JS would accept (hex, exponents) count as 0 here; no client writes them in a JID."""
+    m = _DECIMAL.fullmatch(text.strip())
     return int(m.group(1)) & 0xFF if m else 0
 
 
@@ -133,10 +138,10 @@ def _write_text_jid(out: bytearray, s: str, encoded: dict[str, bytes]) -> None:
     if device:
         domain = DOMAIN_BY_SERVER.get(server)
         if domain is None:
-            domain = _js_int(user_agent[1]) if len(user_agent) > 1 and user_agent[1] else 0
+            domain = _js_parse_int(user_agent[1]) if len(user_agent) > 1 else 0
         out.append(AD_JID)
         out.append(domain)
-        out.append(_js_int(device))
+        out.append(_js_number(device))
         _write_string(out, user, encoded)
     else:
         out.append(JID_PAIR)
