@@ -257,6 +257,8 @@ def test_zip_bomb_is_refused() -> None:
         codec.decode(bomb)
     assert info.value.details["limit"] == 1 << 16
     assert BinaryCodec().decode(bomb).content == bytes(1 << 20)
+    with pytest.raises(ValueError, match="max_decompressed"):
+        BinaryCodec(max_decompressed=0)
 
 
 def test_log_form_abbreviates_binary_content() -> None:

@@ -55,6 +55,8 @@ class BinaryCodec:
     table: TokenTable = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.max_decompressed < 1:  # zlib reads a max_length of 0 as "no limit"
+            raise ValueError("max_decompressed must be at least 1")
         object.__setattr__(self, "table", token_table(self.dict_version))
 
     def encode(self, node: Node) -> bytes:
