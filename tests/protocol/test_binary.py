@@ -308,3 +308,16 @@ def test_encoder_rejects_wrong_types() -> None:
 )
 def test_unusual_typed_jids_still_round_trip(value: JID) -> None:
     assert decode_node(encode_node(Node("x", {"a": value}))).attrs["a"] == value
+
+
+def test_decoder_fast_constructors_cover_every_field() -> None:
+    # The decoder fills Node/JID slots directly (decoder._jid, _read_node); a new field would
+    # be left unset there, so this test must change together with those constructors.
+    assert [f.name for f in dataclasses.fields(Node)] == ["tag", "attrs", "content"]
+    assert [f.name for f in dataclasses.fields(JID)] == [
+        "user",
+        "server",
+        "device",
+        "agent",
+        "integrator",
+    ]

@@ -58,6 +58,36 @@ def _read_bytes(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
     return data[pos:end], end
 
 
+# Frozen dataclasses assign fields through object.__setattr__ in __init__; on this hot path
+# the decoder fills the slots directly through their descriptors (same resulting value, about
+# a third of the cost per node).
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    setter: Callable[[object, object], None] = vars(cls)[name].__set__
+    return setter
+
+
+_new = object.__new__
+_set_tag = _slot_setter(Node, "tag")
+_set_attrs = _slot_setter(Node, "attrs")
+_set_content = _slot_setter(Node, "content")
+_set_user = _slot_setter(JID, "user")
+_set_server = _slot_setter(JID, "server")
+_set_device = _slot_setter(JID, "device")
+_set_agent = _slot_setter(JID, "agent")
+_set_integrator = _slot_setter(JID, "integrator")
+
+
+def _jid(user: str, server: str, device: int = 0, agent: int = 0, integrator: int = 0) -> JID:
+    """`JID(...)` without the frozen-dataclass __init__ (same value; decoder hot path)."""
+    j: JID = _new(JID)
+    _set_user(j, user)
+    _set_server(j, server)
+    _set_device(j, device)
+    _set_agent(j, agent)
+    _set_integrator(j, integrator)
+    return j
+
+
 def _read_packed(data: bytes, pos: int, tag: int) -> tuple[str, int]:
     start = data[pos]
     raw, pos = _read_bytes(data, pos + 1, start & 0x7F)
@@ -111,19 +141,19 @@ def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tup
         user, pos = _read_string(data, pos, t, depth)
         b = data[pos]
         if 0 < b < DICTIONARY_0:  # the server is nearly always a single-byte token
-            return JID(_text(user), t.single[b]), pos + 1
+            return _jid(_text(user), t.single[b]), pos + 1
         server, pos = _read_string(data, pos, t, depth)
         if not server:
             raise DecodeError("invalid JID pair: empty server", offset=pos)
-        return JID(_text(user), _text(server)), pos
+        return _jid(_text(user), _text(server)), pos
     if tag == AD_JID:
         domain = data[pos]
         device = data[pos + 1]
         user, pos = _read_string(data, pos + 2, t, depth)
         known = SERVER_BY_DOMAIN.get(domain)
         if known is None:  # WhatsApp domain, or an unknown one kept as the raw agent
-            return JID(_text(user), DEFAULT_USER_SERVER, device, domain), pos
-        return JID(_text(user), known, device), pos
+            return _jid(_text(user), DEFAULT_USER_SERVER, device, domain), pos
+        return _jid(_text(user), known, device), pos
     user, pos = _read_string(data, pos, t, depth)
     device = int.from_bytes(_read_bytes(data, pos, 2)[0])
     pos += 2
@@ -131,7 +161,7 @@ def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tup
         server, pos = _read_string(data, pos, t, depth)
         if not server:
             raise DecodeError("invalid FB JID: empty server", offset=pos)
-        return JID(_text(user), _text(server), device), pos
+        return _jid(_text(user), _text(server), device), pos
     integrator = int.from_bytes(_read_bytes(data, pos, 2)[0])
     pos += 2
     # Baileys tolerates a missing server string after an interop JID (SPEC §5.1).
@@ -144,21 +174,7 @@ def _read_jid(data: bytes, pos: int, tag: int, t: TokenTable, depth: int) -> tup
         else:
             pos = after
             server_text = _text(value) or INTEROP_SERVER
-    return JID(_text(user), server_text, device, integrator=integrator), pos
-
-
-# Frozen dataclasses assign fields through object.__setattr__ in __init__; on this hot path
-# the decoder fills the slots directly through their descriptors (same resulting value, about
-# a third of the cost per node).
-def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    setter: Callable[[object, object], None] = vars(cls)[name].__set__
-    return setter
-
-
-_new = object.__new__
-_set_tag = _slot_setter(Node, "tag")
-_set_attrs = _slot_setter(Node, "attrs")
-_set_content = _slot_setter(Node, "content")
+    return _jid(_text(user), server_text, device, integrator=integrator), pos
 
 
 def _read_node(data: bytes, pos: int, t: TokenTable, depth: int) -> tuple[Node, int]:
