@@ -3,8 +3,11 @@
 Owns: errors (the error tree), inject (rng/clock types), curve (X25519, curve25519
 signatures), framing and noise (transport), binary (nodes and token tables), jid, payload
 (ClientPayload/DeviceProps builders and the client identity constants), proto (our .proto
-files, their generated Python and the `parse` boundary), and, as they land, signal, pairing,
-media and the `Connection` state machine.
+files, their generated Python and the `parse` boundary), signal (X3DH, Double Ratchet, sender
+keys, as pure functions over records), pairing (QR payload, ADV identity, link code; companion
+and primary roles), message (padding, Message wrapping and content, message ids) and media
+(key expansion, streaming encryption, upload tokens); the client `Connection` state machine
+lands with the simulator.
 
 Must not import: asyncio, socket, time, os, random, secrets, threading, websockets, sqlalchemy,
 redis, celery, kombu, or protocol.aio / protocol.simulator / protocol.store (enforced by
