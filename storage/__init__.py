@@ -3,8 +3,11 @@
 Owns: the schema (storage.models) and its migrations (storage/migrations), engine/session
 creation from a URL (storage.db), small repository functions per aggregate
 (storage.repositories), AES-256-GCM envelope encryption of per-instance secrets
-(storage.crypto), the SQL `KeyStore` implementation, and the storage error tree
-(storage.errors: `StorageError`, `Conflict`, `NotFound`; `IntegrityError` never escapes).
+(storage.crypto), the encrypted SQL `KeyStore` (storage.keystore), instance leases with fencing
+tokens and fleet membership (storage.leases), the per-tenant Redis event streams (storage.bus),
+E.164 phone numbers (storage.phone), and the storage error tree (storage.errors:
+`StorageError`, `Conflict`, `NotFound`, `KeyUnavailable`, `InvalidValue`; `IntegrityError`
+never escapes).
 
 Must not import: tasks, workers, config. It takes plain values (URLs, keys) from its callers.
 Postgres via psycopg 3 is the production target; SQLite is the embedded default and runs the
