@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(default=30.0, gt=0, description="seconds an instance lease lives")
     lease_renew: float = Field(default=10.0, gt=0, description="seconds between renewals")
     qr_rounds: int = Field(default=3, ge=1, description="QR rounds before `qr-exhausted`")
+    member_ttl: float = Field(default=15.0, gt=0, description="seconds a silent worker stays live")
+    heartbeat_interval: float = Field(default=3.0, gt=0, description="worker heartbeat period")
+    rebalance_interval: float = Field(default=2.0, gt=0, description="assignment check period")
+    session_stagger: float = Field(default=0.05, ge=0, description="s between session starts")
 
     # --- webhooks ------------------------------------------------------------------------
     webhook_allow_private: bool = Field(

@@ -3,6 +3,8 @@ entry point (`configure`), never read from settings by the tasks themselves."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -27,6 +29,10 @@ class Runtime:
     redis: redis.Redis
     keyring: Keyring | None = None  # needed to open webhook secrets and instance keys
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
+    # Session workers only: hands a wake-up (instance id, outbox id) to the instance's actor;
+    # returns False when this process does not own the instance (the wake-up is then dropped:
+    # the owner works from the outbox, DESIGN §3.3).
+    deliver_hook: Callable[[uuid.UUID, int], bool] | None = None
 
 
 _current: Runtime | None = None

@@ -262,6 +262,17 @@ def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_worker_session(ctx: Context, args: argparse.Namespace) -> None:
+    from workers.session.worker import run_session_worker
+
+    run_session_worker(
+        ctx.settings,
+        factory_path=args.session_factory,
+        concurrency=args.concurrency,
+        node_id=args.node_id,
+    )
+
+
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from workers.demo import run_demo
 
@@ -326,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="worker processes/threads")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     p.add_argument("--hostname", help="Celery node name")
+
+    p = add(worker, "session", cmd_worker_session, "session worker owning instances' sockets")
+    p.add_argument(
+        "--session-factory",
+        required=True,
+        help="module:callable returning the session factory for the settings",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="threads for wake-up tasks")
+    p.add_argument("--node-id", help="stable worker id (default: host-pid-random)")
 
     p = sub.add_parser("demo", help="run the fleet on the embedded default")
     p.set_defaults(handler=cmd_demo)
