@@ -8,9 +8,10 @@ Pure and deterministic (rng and clock are passed in), so the rules are tested wi
 * `Pacer` — per instance: a gap drawn from [min_gap, max_gap] ± jitter between two sends (e.g.
   the 30–45 s ±10 s profile some tenants want) and a token bucket (rate, burst). Waiting for the
   pacer is not an attempt.
-* `classify` — the ONE place that decides what a failed send means: RETRY (timeouts, a closed
-  socket, a server hiccup), PAUSE the instance (rate limited, 463 reach-out timelock, temporary
-  ban), or PERMANENT (not on WhatsApp, invalid payload, logged out).
+* `classify` — the ONE place that decides what a failed send means: RETRY (timeouts, a server
+  hiccup), PARK (the socket closed mid-send: wait for the reconnect, no attempt burned), PAUSE
+  the instance (rate limited, 463 reach-out timelock, temporary ban), or PERMANENT (not on
+  WhatsApp, invalid payload, logged out).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ Uniform = Callable[[float, float], float]  # random.uniform-like, injected
 
 class Outcome(enum.StrEnum):
     RETRY = "retry"
+    PARK = "park"  # the socket went away mid-send: wait for the reconnect, no attempt burned
     PAUSE = "pause"
     PERMANENT = "permanent"
 
@@ -55,21 +57,21 @@ PERMANENT_CODES = frozenset(
         "406",
     }
 )
+PARK_CODES = frozenset({"closed", "disconnected"})
 RETRY_CODES = frozenset(
     {
         "timeout",
-        "closed",
-        "disconnected",
         "479",  # 479: stale device list, refetch and resend
         "500",
         "503",
-        "lease_lost",
         "decrypt_session",
     }
 )
 
 
 def classify(failure: SendFailure) -> Outcome:
+    if failure.code in PARK_CODES:
+        return Outcome.PARK
     if failure.code in PAUSE_CODES:
         return Outcome.PAUSE
     if failure.code in PERMANENT_CODES:

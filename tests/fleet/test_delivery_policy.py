@@ -39,7 +39,7 @@ def test_delay_always_within_jitter(attempts: int, jitter: float) -> None:
         ("not_on_whatsapp", Outcome.PERMANENT),
         ("logged_out", Outcome.PERMANENT),
         ("timeout", Outcome.RETRY),
-        ("closed", Outcome.RETRY),
+        ("closed", Outcome.PARK),
         ("479", Outcome.RETRY),
         ("something-new", Outcome.RETRY),
     ],
