@@ -7,6 +7,8 @@
                    | delete ID [--tenant T]
     wafleet keys generate | keys rotate
     wafleet worker routing [--queues Q,...] [--concurrency N] [--pool prefork|threads|solo]
+    wafleet worker session --session-factory MODULE:CALLABLE [--concurrency N] [--node-id ID]
+    wafleet beat
     wafleet demo
 
 Every command reads settings from the environment (config.settings). Bad input gets one precise
@@ -273,6 +275,12 @@ def cmd_worker_session(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_beat(ctx: Context, args: argparse.Namespace) -> None:
+    from workers.beat import run_beat
+
+    run_beat(ctx.settings)
+
+
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from workers.demo import run_demo
 
@@ -346,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concurrency", type=int, default=4, help="threads for wake-up tasks")
     p.add_argument("--node-id", help="stable worker id (default: host-pid-random)")
+
+    p = sub.add_parser("beat", help="housekeeping scheduler (run exactly one)")
+    p.set_defaults(handler=cmd_beat)
 
     p = sub.add_parser("demo", help="run the fleet on the embedded default")
     p.set_defaults(handler=cmd_demo)

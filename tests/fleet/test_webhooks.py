@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -208,3 +209,43 @@ def test_ssrf_guard_refuses_non_public_destinations(url: str) -> None:
         check_destination(url, allow_private=False)
     if url.startswith("http://") and "///" not in url:
         check_destination(url, allow_private=True)  # explicitly allowed by configuration
+
+
+def test_beat_sweeps_due_deliveries_nobody_enqueued(
+    routing_worker: subprocess.Popen[bytes],
+    producer: Celery,
+    pg: Factory,
+    receiver: Receiver,
+    fleet_settings: Any,
+) -> None:
+    """A delivery whose wake-up was lost (worker restart, gateway crash) is found by beat's
+    sweep from the outbox and delivered."""
+    from storage.models import WebhookEndpoint
+    from storage.repositories.webhooks import enqueue_delivery
+    from tests.fleet.conftest import ROOT, worker_env
+
+    _tenant(pg, f"{receiver.base}/orphan")
+    with pg.begin() as s:
+        endpoint = s.scalars(select(WebhookEndpoint)).one()
+        enqueue_delivery(
+            s,
+            endpoint=endpoint,
+            event_id="orphan-1",
+            event_type="whatsapp:test",
+            payload={"id": "orphan-1"},
+        )
+    log = open(ROOT / ".pytest_cache" / "beat.log", "wb")  # noqa: SIM115
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "beat"],
+        env=worker_env(fleet_settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    try:
+        receiver.wait_for(1, "/orphan")
+        _wait_status(pg, DeliveryStatus.DELIVERED)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+        log.close()
