@@ -7,7 +7,6 @@ a redelivered message finds its row instead of creating a second one.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,17 +22,9 @@ from storage.models import (
     Note,
     utcnow,
 )
-from storage.repositories.upsert import insert_or_ignore
+from storage.repositories.upsert import Stored, insert_or_find, insert_or_ignore
 
 BOOKING_SOURCE_WHATSAPP = "whatsapp"
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """The row id and whether this call created it (False = it was already there)."""
-
-    id: int
-    created: bool
 
 
 def store_inbound_message(
@@ -50,7 +41,7 @@ def store_inbound_message(
     media: dict[str, Any] | None = None,
     wa_timestamp: datetime | None = None,
 ) -> Stored:
-    new_id = insert_or_ignore(
+    return insert_or_find(
         session,
         Message,
         {
@@ -71,17 +62,6 @@ def store_inbound_message(
         },
         ("instance_id", "direction", "wa_message_id"),
     )
-    if new_id is not None:
-        return Stored(new_id, True)
-    row_id = session.scalar(
-        select(Message.id).where(
-            Message.instance_id == instance_id,
-            Message.direction == Direction.IN,
-            Message.wa_message_id == wa_message_id,
-        )
-    )
-    assert row_id is not None
-    return Stored(row_id, False)
 
 
 def store_note(
@@ -95,7 +75,7 @@ def store_note(
     media: dict[str, Any] | None = None,
     wa_timestamp: datetime | None = None,
 ) -> Stored:
-    new_id = insert_or_ignore(
+    return insert_or_find(
         session,
         Note,
         {
@@ -110,13 +90,6 @@ def store_note(
         },
         ("instance_id", "wa_message_id"),
     )
-    if new_id is not None:
-        return Stored(new_id, True)
-    row_id = session.scalar(
-        select(Note.id).where(Note.instance_id == instance_id, Note.wa_message_id == wa_message_id)
-    )
-    assert row_id is not None
-    return Stored(row_id, False)
 
 
 def attach_to_pending_booking(

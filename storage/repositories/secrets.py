@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.crypto import (
@@ -40,6 +42,26 @@ class RotationReport:
     webhook_secrets: int
 
 
+def _in_batches(
+    factory: sessionmaker[Session],
+    model: Any,
+    stale: ColumnElement[bool],
+    fix: Callable[[Any], None],
+) -> int:
+    """Apply `fix` to every `stale` row, ROTATE_BATCH rows per short transaction."""
+    done = 0
+    while True:
+        with factory.begin() as session:
+            rows = session.scalars(
+                select(model).where(stale).limit(ROTATE_BATCH).with_for_update()
+            ).all()
+            for row in rows:
+                fix(row)
+            done += len(rows)
+        if len(rows) < ROTATE_BATCH:
+            return done
+
+
 def rotate_master_key(factory: sessionmaker[Session], keyring: Keyring) -> RotationReport:
     """Re-wrap every data key and re-seal every webhook secret under `keyring.current`.
 
@@ -48,49 +70,30 @@ def rotate_master_key(factory: sessionmaker[Session], keyring: Keyring) -> Rotat
     be run again. Rows wrapped by a key missing from the keyring raise KeyUnavailable.
     """
     current = keyring.current.key_id
-    data_keys = 0
-    while True:
-        with factory.begin() as session:
-            rows = session.scalars(
-                select(InstanceDataKey)
-                .where(InstanceDataKey.master_key_id != current)
-                .limit(ROTATE_BATCH)
-                .with_for_update()
-            ).all()
-            for row in rows:
-                wrapped = rewrap_data_key(
-                    keyring, row.instance_id, WrappedKey(row.master_key_id, row.wrapped_key)
-                )
-                row.master_key_id, row.wrapped_key = wrapped.master_key_id, wrapped.blob
-                row.rotated_at = utcnow()
-            data_keys += len(rows)
-        if len(rows) < ROTATE_BATCH:
-            break
-    secrets = 0
-    while True:
-        with factory.begin() as session:
-            endpoints = session.scalars(
-                select(WebhookEndpoint)
-                .where(WebhookEndpoint.master_key_id != current)
-                .limit(ROTATE_BATCH)
-                .with_for_update()
-            ).all()
-            for ep in endpoints:
-                purpose = f"webhook:{ep.id}"
-                secret = open_with_master(keyring, ep.master_key_id, purpose, ep.secret_ciphertext)
-                ep.secret_ciphertext = seal_with_master(keyring, purpose, secret)
-                if ep.previous_secret_ciphertext is not None:
-                    prev = open_with_master(
-                        keyring,
-                        ep.master_key_id,
-                        purpose + ":previous",
-                        ep.previous_secret_ciphertext,
-                    )
-                    ep.previous_secret_ciphertext = seal_with_master(
-                        keyring, purpose + ":previous", prev
-                    )
-                ep.master_key_id = current
-            secrets += len(endpoints)
-        if len(endpoints) < ROTATE_BATCH:
-            break
-    return RotationReport(data_keys=data_keys, webhook_secrets=secrets)
+
+    def rewrap(row: InstanceDataKey) -> None:
+        wrapped = rewrap_data_key(
+            keyring, row.instance_id, WrappedKey(row.master_key_id, row.wrapped_key)
+        )
+        row.master_key_id, row.wrapped_key = wrapped.master_key_id, wrapped.blob
+        row.rotated_at = utcnow()
+
+    def reseal(ep: WebhookEndpoint) -> None:
+        for purpose, attr in (
+            (f"webhook:{ep.id}", "secret_ciphertext"),
+            (f"webhook:{ep.id}:previous", "previous_secret_ciphertext"),
+        ):
+            blob = getattr(ep, attr)
+            if blob is not None:
+                secret = open_with_master(keyring, ep.master_key_id, purpose, blob)
+                setattr(ep, attr, seal_with_master(keyring, purpose, secret))
+        ep.master_key_id = current
+
+    return RotationReport(
+        data_keys=_in_batches(
+            factory, InstanceDataKey, InstanceDataKey.master_key_id != current, rewrap
+        ),
+        webhook_secrets=_in_batches(
+            factory, WebhookEndpoint, WebhookEndpoint.master_key_id != current, reseal
+        ),
+    )

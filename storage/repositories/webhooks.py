@@ -6,15 +6,13 @@ import os
 import uuid
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.crypto import Keyring, open_with_master, seal_with_master
 from storage.db import conflicts_wrapped
-from storage.errors import InvalidValue, NotFound
+from storage.errors import InvalidValue
 from storage.models import WebhookDelivery, WebhookEndpoint
-from storage.repositories.inbound import Stored
-from storage.repositories.upsert import insert_or_ignore
+from storage.repositories.upsert import Stored, insert_or_find
 
 SECRET_BYTES = 32
 
@@ -72,7 +70,7 @@ def enqueue_delivery(
     payload: dict[str, Any],
 ) -> Stored:
     """Record one event for one endpoint; idempotent on (endpoint, event id)."""
-    new_id = insert_or_ignore(
+    return insert_or_find(
         session,
         WebhookDelivery,
         {
@@ -84,13 +82,3 @@ def enqueue_delivery(
         },
         ("endpoint_id", "event_id"),
     )
-    if new_id is not None:
-        return Stored(new_id, True)
-    row_id = session.scalar(
-        select(WebhookDelivery.id).where(
-            WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.event_id == event_id
-        )
-    )
-    if row_id is None:
-        raise NotFound("delivery vanished", event_id=event_id)
-    return Stored(row_id, False)
