@@ -1,9 +1,10 @@
 """The sans-I/O core of the WhatsApp stack: pure functions and state machines over bytes.
 
 Owns: errors (the error tree), inject (rng/clock types), curve (X25519, curve25519
-signatures), framing and noise (transport), binary (nodes and token tables), jid, proto (our
-.proto files and their generated Python), and, as they land, signal, pairing, media and the
-`Connection` state machine.
+signatures), framing and noise (transport), binary (nodes and token tables), jid, payload
+(ClientPayload/DeviceProps builders and the client identity constants), proto (our .proto
+files, their generated Python and the `parse` boundary), and, as they land, signal, pairing,
+media and the `Connection` state machine.
 
 Must not import: asyncio, socket, time, os, random, secrets, threading, websockets, sqlalchemy,
 redis, celery, kombu, or protocol.aio / protocol.simulator / protocol.store (enforced by
