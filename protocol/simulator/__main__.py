@@ -1,0 +1,42 @@
+"""`python -m protocol.simulator --host 127.0.0.1 --port N [--seed S]`: run the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from protocol.simulator.server import Simulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m protocol.simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--seed", default=None, help="deterministic keys and ids for this seed")
+    parser.add_argument("--data", default=None, help="reserved: state is kept in memory")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level)
+    seed = args.seed.encode() if args.seed is not None else None
+    sim = Simulator(host=args.host, port=args.port, seed=seed)
+
+    async def run() -> None:
+        await sim.start()
+        # One line for whoever started us (tests read it to learn the port and root key).
+        sys.stdout.write(
+            f'{{"ws_url": "{sim.ws_url}", "root_public_key": "{sim.root_public_key.hex()}"}}\n'
+        )
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
