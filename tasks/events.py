@@ -7,8 +7,9 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from storage.bus import EventBus
 from storage.models import WebhookEndpoint
 from storage.repositories.webhooks import enqueue_delivery
 
@@ -60,3 +61,31 @@ def record_webhooks(
             if stored.created:
                 new.append(stored.id)
     return new
+
+
+def publish_event(
+    sessions: sessionmaker[Session],
+    bus: EventBus,
+    *,
+    tenant_id: uuid.UUID,
+    instance_id: uuid.UUID | None,
+    event_type: str,
+    data: dict[str, Any],
+    event_id: str | None = None,
+) -> list[int]:
+    """A fleet event: webhook outbox rows (one transaction), then the tenant's Redis stream.
+
+    Returns the new delivery ids, for the caller to enqueue (tasks.webhooks.enqueue).
+    """
+    eid = event_id or f"ev:{uuid.uuid4()}"
+    with sessions.begin() as s:
+        deliveries = record_webhooks(
+            s,
+            tenant_id=tenant_id,
+            event_id=eid,
+            event_type=event_type,
+            instance_id=instance_id,
+            data=data,
+        )
+    bus.publish(tenant_id, event_type, instance_id, data)
+    return deliveries

@@ -138,9 +138,9 @@ class Client:
 
     # ------------------------------------------------------------------ operations
 
-    async def send_text(self, to: JID | str, text: str) -> str:
+    async def send_text(self, to: JID | str, text: str, message_id: str | None = None) -> str:
         """Send a 1:1 text; returns its id. Status arrives as `MessageStatus` events."""
-        return await self._call(lambda c: c.send_text(to, text))
+        return await self._call(lambda c: c.send_text(to, text, message_id))
 
     async def confirm(self, message_id: str) -> bool:
         """The application stored this message: send its receipt (else it is redelivered)."""

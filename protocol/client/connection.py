@@ -611,19 +611,25 @@ class Connection:
 
     # ------------------------------------------------------------------ send (SPEC §13)
 
-    def send_text(self, to: JID | str, text: str) -> str:
-        """Start sending `text` to a user; returns the message id (status arrives as events)."""
+    def send_text(self, to: JID | str, text: str, message_id: str | None = None) -> str:
+        """Start sending `text` to a user; returns the message id (status arrives as events).
+
+        `message_id` lets the caller fix the id (the fleet assigns it at accept time and reuses
+        it on every retry, DESIGN §3.3); by default a new one is generated (SPEC §13.1).
+        """
         message = e2e_pb2.Message()
         message.conversation = text
-        return self.send_message(to, message)
+        return self.send_message(to, message, message_id)
 
-    def send_message(self, to: JID | str, message: e2e_pb2.Message) -> str:
+    def send_message(
+        self, to: JID | str, message: e2e_pb2.Message, message_id: str | None = None
+    ) -> str:
         if self.state is not ConnectionState.CONNECTED:
             raise WhatsAppError("not logged in", state=self.state.value)
         me = self.device.jid
         assert me is not None
         chat = _user_jid(to)
-        msg_id = generate_message_id(self._now, self._rng, me.user)
+        msg_id = message_id or generate_message_id(self._now, self._rng, me.user)
         out = _Outgoing(msg_id, chat, message)
         users = [Node("user", {"jid": chat})]
         if chat.user != me.user:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from storage.crypto import Keyring, new_data_key, wrap_data_key
 from storage.db import conflicts_wrapped
 from storage.errors import Conflict, InvalidValue, NotFound
+from storage.leases import Lease, held_by
 from storage.models import (
     DeviceCredentials,
     Instance,
@@ -105,3 +107,17 @@ def delete_instance(
         session.execute(delete(model).where(model.instance_id == instance_id))
     session.flush()
     return instance
+
+
+def update_fenced(
+    session: Session, instance_id: uuid.UUID, lease: Lease, now: datetime, **values: object
+) -> bool:
+    """Change an instance's state only while `lease` still holds it (DESIGN §3.1: every state
+    change checks the fencing token). False if the lease was lost."""
+    result = session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id, held_by(instance_id, lease.owner, lease.token, now))
+        .values(updated_at=utcnow(), **values)
+        .returning(Instance.id)
+    ).first()
+    return result is not None
