@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.errors import Rejected
 from tasks.queues import ACCEPT_QUEUE, SEND_BULK_TASK, SEND_MESSAGE_TASK
+
+# Celery rebuilds a task's exception on the producer side only from modules already imported
+# there; importing the error tree here makes a rejection arrive as tasks.errors.Rejected.
+__all__ = ["Producer", "Rejected"]
 
 
 class Producer:

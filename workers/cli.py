@@ -282,9 +282,12 @@ def cmd_beat(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
-    from workers.demo import run_demo
+    from workers.demo import DemoFailed, run_demo
 
-    run_demo(ctx.settings, ctx.out)
+    try:
+        run_demo(ctx.settings, ctx.out)
+    except DemoFailed as exc:
+        raise CliError(f"demo: {exc}") from None
 
 
 # --- parser ---------------------------------------------------------------------------------

@@ -3,16 +3,12 @@ Redis of the zero-install mode, and the `wafleet demo` command of the README."""
 
 from __future__ import annotations
 
-import io
-import os
-import re
 import socket
 from pathlib import Path
 
 import pytest
 import redis
 
-from workers.cli import main
 from workers.embedded import EmbeddedRedis, redis_server_binary
 
 
@@ -37,22 +33,3 @@ def test_embedded_redis_starts_answers_and_stops(tmp_path: Path) -> None:
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         pass
     assert not (tmp_path / "embedded-redis.pid").exists()
-
-
-def test_demo_command_runs_on_the_embedded_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for var in list(os.environ):
-        if var.startswith("WAFLEET_"):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("WAFLEET_DATA_DIR", str(tmp_path / "demo"))
-    out, err = io.StringIO(), io.StringIO()
-    assert main(["demo"], out=out, err=err) == 0, err.getvalue()
-    text = out.getvalue()
-    assert "embedded Redis" in text
-    assert re.search(r"instance demo-phone \[created\]", text)
-    assert (tmp_path / "demo" / "master.key").stat().st_mode & 0o777 == 0o600
-    # A second run reuses everything it created.
-    out2 = io.StringIO()
-    assert main(["demo"], out=out2, err=io.StringIO()) == 0
-    assert "  created " not in out2.getvalue()
