@@ -97,6 +97,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._iqs: dict[str, asyncio.Future[Node | None]] = {}
+        self._inbox: dict[str, ev.Message] = {}  # decrypted, not yet confirmed (see Connection)
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
         self.connections = 0
@@ -246,6 +247,7 @@ class Client:
                 dict_version=opts.dict_version,
                 prekey_upload_count=opts.prekey_upload_count,
                 iq_timeout=opts.iq_timeout,
+                inbox=self._inbox,
             )
             return conn, conn.data_to_send()
 

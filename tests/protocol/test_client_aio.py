@@ -103,7 +103,14 @@ def test_restart_logs_in_without_qr_and_gets_offline_messages() -> None:
             sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": "one"}
         )
         first = await events.next(Message, lambda m: m.id == r.json()["id"])
-        await client.stop()  # never confirmed: the server must deliver it again
+        # Never confirmed: after a dropped socket the server delivers it again and the client
+        # hands it out again (it cannot decrypt it twice).
+        device = f"{OWNER}:1@s.whatsapp.net"
+        await control(sim, "POST", "/control/faults", {"kind": "drop", "device": device})
+        again_first = await events.next(Message, lambda m: m.id == first.id)
+        assert again_first.offline
+        assert again_first.content == Text("one")
+        await client.stop()
 
         r = await control(
             sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": "two"}
