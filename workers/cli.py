@@ -264,6 +264,78 @@ def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_link(ctx: Context, args: argparse.Namespace) -> None:
+    """Link an instance as a companion device: show QR codes or a pairing code until paired."""
+    import asyncio
+
+    from storage.keystore import SqlKeyStore
+
+    instance_id = _uuid(args.instance, "instance")
+    store = SqlKeyStore.open(ctx.sessions(), ctx.keyring(), instance_id)
+    if store.get_device() is not None and _paired(store):
+        raise CliError("instance is already linked; delete it to link again")
+    try:
+        root = bytes.fromhex(args.root_key) if args.root_key else None
+    except ValueError:
+        raise CliError("--root-key must be hex") from None
+    jid = asyncio.run(_link(ctx, store, args.server, root, args.code, args.timeout))
+    ctx.emit([{"instance": str(instance_id), "jid": jid}], ["instance", "jid"])
+
+
+def _paired(store: Any) -> bool:
+    from protocol.client import Device
+
+    blob = store.get_device()
+    return blob is not None and Device.from_bytes(blob).registered
+
+
+async def _link(
+    ctx: Context, store: Any, server: str | None, root: bytes | None, phone: str | None, limit: int
+) -> str:
+    import asyncio
+
+    import segno
+
+    from protocol.aio import Client, ClientOptions, Connected, Disconnected, PairingCode, Qr
+
+    options = ClientOptions()
+    if server:
+        options = ClientOptions(url=server, trusted_root=root or options.trusted_root)
+    client = Client(store, options)
+    await client.start()
+    code_requested = False
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                event = await client.events.get()
+                if isinstance(event, Qr) and phone is None:
+                    if ctx.as_json:
+                        ctx.out.write(json.dumps({"qr": event.code}) + "\n")
+                    else:
+                        segno.make(event.code, error="l").terminal(out=ctx.out, compact=True)
+                        ctx.out.write("Scan with WhatsApp > Linked devices\n")
+                    ctx.out.flush()
+                elif isinstance(event, Qr) and not code_requested:
+                    code_requested = True
+                    await client.request_pairing_code(phone or "")
+                elif isinstance(event, PairingCode):
+                    line = {"code": event.code} if ctx.as_json else None
+                    ctx.out.write(
+                        json.dumps(line) + "\n"
+                        if line
+                        else f"Enter this code on the phone: {event.code}\n"
+                    )
+                    ctx.out.flush()
+                elif isinstance(event, Connected):
+                    return str(event.jid)
+                elif isinstance(event, Disconnected) and not event.will_reconnect:
+                    raise CliError(f"linking failed: {event.reason.value}")
+    except TimeoutError:
+        raise CliError(f"not linked within {limit} s") from None
+    finally:
+        await client.stop()
+
+
 def cmd_worker_session(ctx: Context, args: argparse.Namespace) -> None:
     from workers.session.worker import run_session_worker
 
@@ -360,6 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("beat", help="housekeeping scheduler (run exactly one)")
     p.set_defaults(handler=cmd_beat)
+
+    p = sub.add_parser("link", help="link an instance to a WhatsApp account (QR or code)")
+    p.set_defaults(handler=cmd_link)
+    p.add_argument("--instance", required=True, help="instance id")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--qr", action="store_true", help="show QR codes to scan")
+    how.add_argument("--code", metavar="PHONE", help="pair by phone number with a code")
+    p.add_argument("--server", help="ws:// URL of another server (e.g. the simulator)")
+    p.add_argument("--root-key", help="hex root public key that server signs with")
+    p.add_argument("--timeout", type=int, default=180, help="seconds to wait for the phone")
 
     p = sub.add_parser("demo", help="run the fleet on the embedded default")
     p.set_defaults(handler=cmd_demo)

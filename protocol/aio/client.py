@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Origin
@@ -33,6 +34,14 @@ from protocol.core.binary import Node
 from protocol.core.errors import WhatsAppError
 from protocol.core.inject import Clock, Rng
 from protocol.core.jid import JID
+from protocol.core.media import (
+    MEDIA_TYPES,
+    MediaType,
+    decrypt_media,
+    encrypt_media,
+    upload_token,
+)
+from protocol.core.message import Media, media_message
 from protocol.core.noise import WA_CERT_ROOT_PUBLIC_KEY
 from protocol.core.payload import DEFAULT_CONFIG, ClientConfig
 from protocol.store import KeyStore
@@ -44,6 +53,7 @@ ORIGIN = "https://web.whatsapp.com"  # SPEC §2.1
 MAX_MESSAGE = 1 << 24  # SPEC §2.1 read limit
 MAX_BACKOFF_EXPONENT = 30  # keeps base · 2^attempt finite; the cap applies long before
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the server's close frame
+HTTP_OK = 200
 TICK = 1.0  # seconds between Connection.tick calls (QR rotation, IQ expiry, keepalive checks)
 
 _T = TypeVar("_T")
@@ -71,6 +81,8 @@ class ClientOptions:
     reconnect: bool = True
     prekey_upload_count: int = 812
     dict_version: int = 3
+    media_scheme: str = "https"  # the simulator's media endpoint is plain http
+    media_timeout: float = 60.0
 
 
 class Client:
@@ -97,6 +109,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._iqs: dict[str, asyncio.Future[Node | None]] = {}
+        self._inbox: dict[str, ev.Message] = {}  # decrypted, not yet confirmed (see Connection)
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
         self.connections = 0
@@ -145,6 +158,69 @@ class Client:
     async def confirm(self, message_id: str) -> bool:
         """The application stored this message: send its receipt (else it is redelivered)."""
         return await self._call(lambda c: c.confirm(message_id))
+
+    async def send_media(
+        self,
+        to: JID | str,
+        kind: MediaType,
+        data: bytes,
+        *,
+        mimetype: str,
+        caption: str | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        """Encrypt, upload (SPEC §11.3–§11.4) and send a media message; returns its id."""
+        info = MEDIA_TYPES[kind]
+        if info.upload_path is None or info.mediatype_attr is None:
+            raise ClientError("not a message media kind", reason="bad_media", kind=kind.value)
+        conn_node = (await self.query("w:m", "set", [Node("media_conn")])).child("media_conn")
+        host_node = conn_node.child("host") if conn_node is not None else None
+        auth = conn_node.attr("auth") if conn_node is not None else None
+        host = host_node.attr("hostname") if host_node is not None else None
+        if not auth or not host:
+            raise ClientError("media_conn without auth or host", reason="iq_error")
+        body, upload = await asyncio.to_thread(encrypt_media, data, kind, self._rng)
+        token = upload_token(upload.file_enc_sha256)
+        url = f"{self.options.media_scheme}://{host}{info.upload_path}/{token}"
+        async with httpx.AsyncClient(timeout=self.options.media_timeout) as http:
+            response = await http.post(
+                url,
+                params={"auth": auth, "token": token},
+                content=body,
+                headers={"Origin": ORIGIN, "Content-Type": "application/octet-stream"},
+            )
+        if response.status_code != HTTP_OK:
+            raise ClientError("media upload failed", reason="upload", status=response.status_code)
+        result = response.json()
+        message = media_message(
+            kind,
+            upload,
+            mimetype=mimetype,
+            url=str(result["url"]),
+            direct_path=str(result["direct_path"]),
+            media_key_timestamp=int(self._now()),
+            caption=caption,
+            file_name=file_name,
+        )
+        return await self._call(lambda c: c.send_message(to, message))
+
+    async def download(self, media: Media) -> bytes:
+        """Fetch and decrypt a received media message's file (SPEC §11.5)."""
+        async with httpx.AsyncClient(timeout=self.options.media_timeout) as http:
+            response = await http.get(media.url, headers={"Origin": ORIGIN})
+        if response.status_code != HTTP_OK:
+            raise ClientError(
+                "media download failed", reason="download", status=response.status_code
+            )
+        return await asyncio.to_thread(
+            decrypt_media,
+            response.content,
+            media.media_key,
+            media.media_type,
+            file_enc_sha256=media.file_enc_sha256,
+            file_sha256=media.file_sha256,
+            file_length=media.file_length,
+        )
 
     async def request_pairing_code(self, phone: str) -> str:
         """Pair by phone number (SPEC §9): returns the code to type on the phone."""
@@ -246,6 +322,7 @@ class Client:
                 dict_version=opts.dict_version,
                 prekey_upload_count=opts.prekey_upload_count,
                 iq_timeout=opts.iq_timeout,
+                inbox=self._inbox,
             )
             return conn, conn.data_to_send()
 

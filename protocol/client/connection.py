@@ -158,8 +158,13 @@ class Connection:
         dict_version: int = 3,
         prekey_upload_count: int = INITIAL_PREKEY_COUNT,
         iq_timeout: float = IQ_TIMEOUT,
+        inbox: dict[str, ev.Message] | None = None,
     ) -> None:
         self._store = store
+        # Decrypted messages not yet confirmed, shared by the caller across reconnects: a
+        # redelivery cannot be decrypted twice (the ratchet moved on), so it is re-emitted
+        # from here. Lost with the process: see README "confirm".
+        self._inbox: dict[str, ev.Message] = {} if inbox is None else inbox
         self._rng = rng
         self._now = now
         self._config = config
@@ -803,27 +808,32 @@ class Connection:
             receipt_attrs["recipient"] = parse_jid(recipient)
         receipt = Node("receipt", receipt_attrs)
         if content is None:
-            if duplicate:  # delivered before and already handed out: just receipt it again
+            earlier = self._inbox.get(msg_id) if duplicate else None
+            if earlier is not None:  # decrypted before, never confirmed: hand it out again
+                self._unconfirmed[msg_id] = _PendingReceipt(receipt)
+                self._events.append(replace(earlier, offline=node.attr("offline") is not None))
+            elif duplicate:  # decrypted and confirmed before: just receipt it again
                 self.send_node(receipt)
             else:
                 self._nack(node, NACK_UNRECOGNIZED if not node.child("enc") else NACK_UNHANDLED)
             return
         self._unconfirmed[msg_id] = _PendingReceipt(receipt)
-        self._events.append(
-            ev.Message(
-                id=msg_id,
-                chat=chat,
-                sender=sender,
-                from_me=from_me,
-                timestamp=int(node.attr("t") or 0),
-                content=content,
-                push_name=node.attr("notify"),
-                offline=node.attr("offline") is not None,
-            )
+        message = ev.Message(
+            id=msg_id,
+            chat=chat,
+            sender=sender,
+            from_me=from_me,
+            timestamp=int(node.attr("t") or 0),
+            content=content,
+            push_name=node.attr("notify"),
+            offline=node.attr("offline") is not None,
         )
+        self._inbox[msg_id] = message
+        self._events.append(message)
 
     def confirm(self, message_id: str) -> bool:
         """The application stored `message_id`: send its delivery receipt (SPEC §15.2)."""
+        self._inbox.pop(message_id, None)
         pending = self._unconfirmed.pop(message_id, None)
         if pending is None:
             return False

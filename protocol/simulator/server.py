@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from protocol.core.binary import Node
 from protocol.core.errors import FrameError, HandshakeError, WhatsAppError
 from protocol.core.inject import Clock, CountingRng, Rng
 from protocol.core.jid import DEFAULT_USER_SERVER, JID, parse_jid
+from protocol.core.media import decode_upload_token
 from protocol.core.noise import ClientFinished, make_cert_chain
 from protocol.simulator.session import ServerConnection
 from protocol.simulator.world import ControlError, FaultKind, World
@@ -345,7 +347,10 @@ class Simulator:
         data = json.loads(body) if body and parts[:1] == ["control"] else {}
         if parts[:1] == ["mms"] and method == "POST" and len(parts) >= 2:
             token = parts[-1]
-            key = f"/mms/{parts[1]}/{token}"
+            # SPEC §11.4: the token is base64url(fileEncSha256) of the body.
+            if decode_upload_token(token) != hashlib.sha256(body).digest():
+                raise ControlError(400, "token does not match the body")
+            key = f"/mms/{parts[1]}/{token.rstrip('=')}"
             world.media[key] = body
             url = f"{self.http_url}{key}"
             return 200, {"url": url, "direct_path": key}
