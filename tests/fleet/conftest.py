@@ -18,6 +18,13 @@ from workers.routing import configure_producer
 
 ROOT = Path(__file__).resolve().parents[2]
 MASTER_KEY = "44" * 32
+ARTIFACTS = ROOT / "tests" / "artifacts"  # worker logs of the last run (gitignored)
+
+
+def log_file(name: str) -> Path:
+    """Where a worker process started by a test writes its log (read them when a test fails)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +55,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         elif isinstance(value, bool):
             value = str(value).lower()
         env[f"WAFLEET_{name.upper()}"] = str(value)
-    env["WAFLEET_LOG_LEVEL"] = "INFO"  # the worker log (.pytest_cache) explains failures
+    env["WAFLEET_LOG_LEVEL"] = "INFO"  # the worker log (tests/artifacts) explains failures
     env["PYTHONPATH"] = str(ROOT)
     return env
 
@@ -64,7 +71,7 @@ def producer(fleet_settings: Settings) -> Celery:
 
 @pytest.fixture(scope="session")
 def routing_worker(fleet_settings: Settings, producer: Celery) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(ROOT / ".pytest_cache" / "routing-worker.log", "wb")  # noqa: SIM115
+    log = open(log_file("routing-worker.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,

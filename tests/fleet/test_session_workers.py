@@ -25,7 +25,7 @@ from config.settings import Settings
 from storage.crypto import Keyring
 from storage.repositories import instances, outbox, tenants
 from tasks.queues import DELIVER_TASK, out_queue
-from tests.fleet.conftest import MASTER_KEY, ROOT, worker_env
+from tests.fleet.conftest import MASTER_KEY, ROOT, log_file, worker_env
 from workers.assignment import assignment
 
 Factory = sessionmaker[Session]
@@ -59,7 +59,7 @@ class Fleet:
     def start(self, node: str) -> None:
         env = worker_env(self.settings)
         env["WAFLEET_PROBE_NODE"] = node
-        log = open(ROOT / ".pytest_cache" / f"session-{node}.log", "wb")  # noqa: SIM115
+        log = open(log_file(f"session-{node}.log"), "wb")  # noqa: SIM115
         self._logs.append(log)
         self.procs[node] = subprocess.Popen(
             [

@@ -222,7 +222,7 @@ def test_beat_sweeps_due_deliveries_nobody_enqueued(
     sweep from the outbox and delivered."""
     from storage.models import WebhookEndpoint
     from storage.repositories.webhooks import enqueue_delivery
-    from tests.fleet.conftest import ROOT, worker_env
+    from tests.fleet.conftest import ROOT, log_file, worker_env
 
     _tenant(pg, f"{receiver.base}/orphan")
     with pg.begin() as s:
@@ -234,7 +234,7 @@ def test_beat_sweeps_due_deliveries_nobody_enqueued(
             event_type="whatsapp:test",
             payload={"id": "orphan-1"},
         )
-    log = open(ROOT / ".pytest_cache" / "beat.log", "wb")  # noqa: SIM115
+    log = open(log_file("beat.log"), "wb")  # noqa: SIM115
     beat = subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "beat"],
         env=worker_env(fleet_settings),

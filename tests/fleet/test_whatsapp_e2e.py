@@ -41,7 +41,7 @@ from storage.models import (
 )
 from storage.repositories import instances, tenants
 from tasks.queues import SEND_MESSAGE_TASK
-from tests.fleet.conftest import MASTER_KEY, ROOT, worker_env
+from tests.fleet.conftest import MASTER_KEY, ROOT, log_file, worker_env
 
 Factory = sessionmaker[Session]
 WAIT = 60.0
@@ -113,7 +113,7 @@ def test_link_send_receive_and_notes(
             "heartbeat_interval": 0.5,
         }
     )
-    log = open(ROOT / ".pytest_cache" / "session-e2e.log", "wb")  # noqa: SIM115
+    log = open(log_file("session-e2e.log"), "wb")  # noqa: SIM115
     worker = subprocess.Popen(
         [
             sys.executable,
