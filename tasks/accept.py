@@ -211,7 +211,7 @@ def accept(tenant_id: object, instance_id: object, item: dict[str, Any]) -> dict
     return result
 
 
-@app.task(name=SEND_MESSAGE_TASK, acks_late=True, queue=ACCEPT_QUEUE)
+@app.task(name=SEND_MESSAGE_TASK, acks_late=True, queue=ACCEPT_QUEUE, throws=(Rejected,))
 def send_message(
     tenant_id: str,
     instance_id: str,
@@ -235,7 +235,7 @@ def send_message(
     )
 
 
-@app.task(name=SEND_BULK_TASK, acks_late=True, queue=ACCEPT_QUEUE)
+@app.task(name=SEND_BULK_TASK, acks_late=True, queue=ACCEPT_QUEUE, throws=(Rejected,))
 def send_bulk(
     tenant_id: str, instance_id: str, items: list[dict[str, Any]], batch_id: str | None = None
 ) -> dict[str, Any]:

@@ -30,6 +30,6 @@ def wake(outbox_id: int) -> bool:
     return rt.deliver_hook(instance_id, outbox_id)
 
 
-@app.task(name=DELIVER_TASK, acks_late=True)
+@app.task(name=DELIVER_TASK, acks_late=True, throws=(Rejected,))
 def deliver(outbox_id: int) -> bool:
     return wake(int(outbox_id))

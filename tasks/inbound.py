@@ -170,6 +170,7 @@ def route(msg: InboundMessage) -> dict[str, Any]:
     acks_late=True,
     queue=INBOUND_QUEUE,
     autoretry_for=(OSError,),
+    throws=(Rejected,),
     retry_backoff=True,
     max_retries=None,
 )
@@ -249,7 +250,7 @@ def apply_status(instance_id: str, wa_message_ids: list[str], status: str) -> in
     return changed
 
 
-@app.task(name=MESSAGE_STATUS_TASK, acks_late=True, queue=INBOUND_QUEUE)
+@app.task(name=MESSAGE_STATUS_TASK, acks_late=True, queue=INBOUND_QUEUE, throws=(Rejected,))
 def message_status(instance_id: str, wa_message_ids: list[str], status: str) -> int:
     """Public name `wafleet.message_status`: receipts from WhatsApp for sent messages."""
     return apply_status(instance_id, wa_message_ids, status)
