@@ -7,6 +7,7 @@
                    | delete ID [--tenant T]
     wafleet keys generate | keys rotate
     wafleet worker routing [--queues Q,...] [--concurrency N] [--pool prefork|threads|solo]
+    wafleet gateway
     wafleet demo
 
 Every command reads settings from the environment (config.settings). Bad input gets one precise
@@ -262,6 +263,12 @@ def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_gateway(ctx: Context, args: argparse.Namespace) -> None:
+    from workers.gateway import run_gateway
+
+    run_gateway(ctx.settings)
+
+
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from workers.demo import run_demo
 
@@ -326,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="worker processes/threads")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     p.add_argument("--hostname", help="Celery node name")
+
+    p = sub.add_parser("gateway", help="the HTTP API (WAFLEET_GATEWAY_HOST/PORT)")
+    p.set_defaults(handler=cmd_gateway)
 
     p = sub.add_parser("demo", help="run the fleet on the embedded default")
     p.set_defaults(handler=cmd_demo)

@@ -1,0 +1,109 @@
+"""The gateway process: `create_app(settings)` builds the FastAPI app and its runtime once;
+`run_gateway(settings)` serves it with uvicorn on WAFLEET_GATEWAY_HOST/PORT.
+
+The gateway is a producer in the Celery sense: sends run tasks.accept's logic in-process
+(outbox row + wake-up on `wa.out.<instance>`), and webhook tests and replays publish to
+`wa.webhooks`, so it configures tasks.app and tasks.runtime like a routing worker does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+import uvicorn
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from config.settings import Settings
+from tasks import runtime
+from workers.gateway import errors
+from workers.gateway.metrics import Metrics, MetricsMiddleware
+from workers.gateway.routes import ROUTERS, UNVERSIONED
+from workers.gateway.state import Gateway, RateLimit
+from workers.routing import build_runtime, configure_producer, resolve_urls
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/v1"
+TITLE = "wafleet gateway"
+VERSION = "1"
+
+
+def _gateway(settings: Settings) -> Gateway:
+    broker_url, redis_url = resolve_urls(settings)
+    configure_producer(settings)
+    rt = build_runtime(settings)
+    runtime.configure(rt)  # tasks.accept and tasks.webhooks read the process runtime
+    broker_redis = (
+        redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+        if broker_url.startswith(("redis://", "rediss://", "unix://"))
+        else None
+    )
+    admin = settings.admin_key.get_secret_value().encode() if settings.admin_key else None
+    return Gateway(
+        runtime=rt,
+        redis_url=redis_url,
+        broker_url=broker_url,
+        broker_redis=broker_redis,
+        key_prefix=settings.redis_prefix,
+        admin_key=admin or None,
+        rate_limit=RateLimit(settings.gateway_rate_limit, settings.gateway_rate_window),
+    )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with validation failures documented as they are answered: 400 with the
+    one error body (FastAPI would describe 422 with its own body)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "error",
+                        "content": {"application/json": {"schema": error_ref}},
+                    },
+                )
+    components = schema.get("components", {}).get("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings) -> FastAPI:
+    gateway = _gateway(settings)
+    app = FastAPI(
+        title=TITLE,
+        version=VERSION,
+        description="Multi-tenant WhatsApp fleet: REST API (v1), realtime events, operations.",
+    )
+    app.state.gateway = gateway
+    app.state.metrics = Metrics(gateway)
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    for router in UNVERSIONED:
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def run_gateway(settings: Settings) -> None:
+    app = create_app(settings)
+    logger.info("gateway on %s:%s", settings.gateway_host, settings.gateway_port)
+    uvicorn.run(
+        app,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
