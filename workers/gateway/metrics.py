@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -116,9 +115,16 @@ class Metrics:
 
 
 def _route_template(scope: Scope) -> str:
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    """The matched route's template, e.g. /v1/instances/{instance_id}; `unmatched` otherwise.
+
+    Rebuilt from the request path and its path parameters (each segment equal to a parameter's
+    value becomes `{name}`): FastAPI's route object only knows its path within its router, not
+    the prefix it was included under."""
+    if scope.get("route") is None:
+        return "unmatched"
+    names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    segments = str(scope.get("path", "")).split("/")
+    return "/".join(f"{{{names[s]}}}" if s in names else s for s in segments)
 
 
 class MetricsMiddleware:

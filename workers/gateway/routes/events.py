@@ -154,7 +154,10 @@ async def events(ws: WebSocket) -> None:
             tg.cancel_scope.cancel()
     finally:
         metrics.websockets.dec()
-        await client.aclose()
+        # Shielded: when the server cancels this handler (shutdown, client gone), the Redis
+        # connection must still be closed, not left to the garbage collector.
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
 
 
 async def _pump(ws: WebSocket, client: aioredis.Redis, g: state.Gateway, sub: Subscription) -> None:
