@@ -5,6 +5,8 @@ really leave. Tenants, keys and instances are made through the admin and tenant 
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -148,3 +151,20 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     if code is not None:
         assert body["code"] == code, body
     return body
+
+
+@pytest.fixture(scope="session")
+def live_url(gateway_app: FastAPI) -> Iterator[str]:
+    """The same app served by uvicorn on 127.0.0.1 (an ephemeral port). The socket is bound and
+    listening before the server thread starts, so requests queue in its backlog: no waiting."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    config = uvicorn.Config(gateway_app, lifespan="off", log_level="warning", ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()

@@ -15,6 +15,6 @@ Modules: app (factory, uvicorn), state (what a process holds), auth, errors, sch
 
 from __future__ import annotations
 
-from workers.gateway.app import create_app, run_gateway
+from workers.gateway.app import build_api, create_app, run_gateway
 
-__all__ = ["create_app", "run_gateway"]
+__all__ = ["build_api", "create_app", "run_gateway"]

@@ -78,22 +78,29 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(settings: Settings) -> FastAPI:
-    gateway = _gateway(settings)
+def build_api() -> FastAPI:
+    """The routes, error handlers and OpenAPI document, without a runtime (what docs and schema
+    tests need); `create_app` adds the process's state and middleware."""
     app = FastAPI(
         title=TITLE,
         version=VERSION,
         description="Multi-tenant WhatsApp fleet: REST API (v1), realtime events, operations.",
     )
-    app.state.gateway = gateway
-    app.state.metrics = Metrics(gateway)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     for router in UNVERSIONED:
         app.include_router(router)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def create_app(settings: Settings) -> FastAPI:
+    gateway = _gateway(settings)
+    app = build_api()
+    app.state.gateway = gateway
+    app.state.metrics = Metrics(gateway)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
 

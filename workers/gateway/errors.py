@@ -21,6 +21,7 @@ values (a secret may be among them), stack traces or key material.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
@@ -181,11 +182,15 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _validation(exc).response()
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         code = HTTP_CODES.get(exc.status_code, "http_error")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})).response()
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names only the first route matching the path; list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return ApiError(exc.status_code, code, message, headers=headers).response()
 
     async def database_down(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)
@@ -213,6 +218,24 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(redis.TimeoutError, redis_down)
     app.add_exception_handler(BrokerError, broker_down)
     app.add_exception_handler(Exception, internal)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the app serves at this request's path, from its OpenAPI document."""
+    templates: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        request.app.state, "allow_templates", None
+    )
+    if templates is None:
+        templates = [
+            (
+                re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"),
+                [m.upper() for m in operations],
+            )
+            for path, operations in request.app.openapi().get("paths", {}).items()
+        ]
+        request.app.state.allow_templates = templates
+    path = request.url.path
+    return sorted({m for pattern, methods in templates if pattern.match(path) for m in methods})
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from tasks.accept import MAX_BULK, MAX_CAPTION, MAX_FILENAME, MAX_TEXT
 
@@ -21,6 +21,9 @@ MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 
 class Body(BaseModel):
+    """A request body: unknown fields are refused, and booleans and numbers must be JSON
+    booleans and numbers (the schema says so; pydantic would otherwise coerce "1" or 0)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -65,11 +68,11 @@ class ApiKeyCreated(ApiKeyOut):
 class Pacing(Body):
     """Per-instance overrides of the WAFLEET_PACING_* settings (unset fields keep them)."""
 
-    min_gap: float | None = Field(default=None, ge=0, le=86400)
-    max_gap: float | None = Field(default=None, ge=0, le=86400)
-    gap_jitter: float | None = Field(default=None, ge=0, le=86400)
-    rate: float | None = Field(default=None, gt=0, le=1000)
-    burst: int | None = Field(default=None, ge=1, le=100000)
+    min_gap: StrictFloat | None = Field(default=None, ge=0, le=86400)
+    max_gap: StrictFloat | None = Field(default=None, ge=0, le=86400)
+    gap_jitter: StrictFloat | None = Field(default=None, ge=0, le=86400)
+    rate: StrictFloat | None = Field(default=None, gt=0, le=1000)
+    burst: StrictInt | None = Field(default=None, ge=1, le=100000)
 
 
 class InstanceCreate(Body):
@@ -82,7 +85,7 @@ class InstanceCreate(Body):
 class InstanceUpdate(Body):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     pacing: Pacing | None = Field(default=None, description="replaces the overrides; {} clears")
-    outbound_paused: bool | None = Field(default=None, description="hold outbound sending")
+    outbound_paused: StrictBool | None = Field(default=None, description="hold outbound sending")
     pause_reason: str | None = Field(default=None, max_length=200)
 
 
@@ -116,7 +119,9 @@ class SendCommon(Body):
     idempotency_key: str | None = Field(
         default=None, description="repeats return the first result (≤ 200 characters)"
     )
-    expires_in: float | None = Field(default=None, description="give up after so many seconds")
+    expires_in: StrictFloat | None = Field(
+        default=None, description="give up after so many seconds"
+    )
 
 
 class SendText(SendCommon):
@@ -127,9 +132,20 @@ class SendMedia(SendCommon):
     media: Media
 
 
+class BulkMedia(Media):
+    """As Media; limits beyond the shape are checked per item and reported in `results`."""
+
+    caption: str | None = None
+    filename: str | None = None
+
+
 class BulkItem(SendCommon):
-    text: str | None = Field(default=None, json_schema_extra={"maxLength": MAX_TEXT})
-    media: Media | None = None
+    """One message of a bulk send. Shape errors refuse the whole request (400); content errors
+    (number, text length, media rules) are reported for the item in `results`, and the other
+    items are still accepted."""
+
+    text: str | None = None
+    media: BulkMedia | None = None
 
 
 class SendBulk(Body):
@@ -242,14 +258,14 @@ class WebhookCreate(Body):
     instance_ids: list[uuid.UUID] | None = Field(
         default=None, max_length=100, description="only these instances' events; null = all"
     )
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class WebhookUpdate(Body):
     url: str | None = Field(default=None, min_length=1, max_length=2000)
     event_types: list[str] | None = Field(default=None, max_length=50)
     instance_ids: list[uuid.UUID] | None = Field(default=None, max_length=100)
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class WebhookOut(BaseModel):
