@@ -8,7 +8,9 @@ The gateway is a producer in the Celery sense: sends run tasks.accept's logic in
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 from typing import Any
 
 import redis
@@ -104,7 +106,34 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+class RedactSecrets(logging.Filter):
+    """Removes API keys from log records: uvicorn logs every websocket handshake with its query
+    string, and a client may authenticate with ?token=<API key>."""
+
+    PATTERN = re.compile(r"(token=)[^&\s\"']+|wfk_[A-Za-z0-9]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.PATTERN.sub(lambda m: (m.group(1) or "") + "[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _log_config() -> dict[str, Any]:
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": RedactSecrets}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    return config
+
+
 def run_gateway(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
     app = create_app(settings)
     logger.info("gateway on %s:%s", settings.gateway_host, settings.gateway_port)
     uvicorn.run(
@@ -112,5 +141,10 @@ def run_gateway(settings: Settings) -> None:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
+        log_config=_log_config(),
         proxy_headers=True,
+        # uvicorn's access log prints query strings, and a websocket client may authenticate
+        # with ?token=<API key>; MetricsMiddleware logs requests by route template instead.
+        access_log=False,
+        ws="websockets-sansio",  # the websockets library's current (non-legacy) protocol
     )

@@ -28,6 +28,7 @@ from tasks.queues import ACCEPT_QUEUE, HOUSEKEEPING_QUEUE, INBOUND_QUEUE, WEBHOO
 from workers.gateway.state import Gateway
 
 logger = logging.getLogger(__name__)
+access = logging.getLogger("workers.gateway.access")  # route templates only: no ids, no query
 
 STATIC_QUEUES = (ACCEPT_QUEUE, INBOUND_QUEUE, WEBHOOKS_QUEUE, HOUSEKEEPING_QUEUE)
 UNFINISHED = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
@@ -153,5 +154,7 @@ class MetricsMiddleware:
             route = _route_template(scope)
             method = str(scope.get("method", "GET"))
             method = method if method in METHODS else "OTHER"
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            access.info("%s %s %s %.1fms", method, route, status, elapsed * 1000)
