@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
@@ -21,6 +22,7 @@ from tests.gateway.conftest import (
     inbound,
     make_key,
 )
+from workers.gateway import errors
 
 NO_SUCH = "00000000-0000-4000-8000-000000000000"
 
@@ -120,6 +122,22 @@ def test_admin_api_needs_the_admin_key(client: TestClient, tenant: TenantHandle)
     assert_error(client.get(f"/v1/tenants/{NO_SUCH}", headers=ADMIN), 404, "not_found")
 
 
+def test_disabled_tenant_keys_stop_working(client: TestClient, tenant: TenantHandle) -> None:
+    url = f"/v1/tenants/{tenant.id}"
+    r = client.patch(url, json={"disabled": True}, headers=ADMIN)
+    assert r.json()["disabled"] is True
+    assert_error(client.get("/v1/instances", headers=tenant.headers), 401, "invalid_api_key")
+    r = client.patch(url, json={"disabled": False, "name": "renamed"}, headers=ADMIN)
+    assert r.json() | {"created_at": None} == {
+        "id": tenant.id,
+        "name": "renamed",
+        "disabled": False,
+        "created_at": None,
+    }
+    assert client.get("/v1/instances", headers=tenant.headers).status_code == 200
+    assert_error(client.patch(url, json={"disabled": 1}, headers=ADMIN), 400, "invalid_request")
+
+
 def test_created_key_is_shown_once_and_works(client: TestClient, tenant: TenantHandle) -> None:
     r = client.post(
         f"/v1/tenants/{tenant.id}/api-keys",
@@ -166,6 +184,23 @@ def test_errors_share_one_body(client: TestClient, tenant: TenantHandle) -> None
     assert_error(r, 400, "invalid_request")
     r = client.get("/v1/messages?cursor=abc", headers=tenant.headers)
     assert_error(r, 400, "invalid_cursor")
+
+
+def test_unexpected_failures_are_a_500_without_details() -> None:
+    # errors.install on a bare app with one failing route: the catch-all a bug would reach.
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("connection string postgres://user:secret@db")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom")
+    body = assert_error(r, 500, "internal_error")
+    assert body["message"] == "internal error"
+    assert "secret" not in r.text
+    assert "RuntimeError" not in r.text
 
 
 def test_openapi_documents_errors_with_the_one_body(client: TestClient) -> None:

@@ -33,6 +33,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/v1/instances/{instance_id}"): {"json": {"outbound_paused": True}},
     ("PATCH", "/v1/webhooks/{webhook_id}"): {"json": {"enabled": False}},
     ("POST", "/v1/tenants"): {"json": {"name": "intruder"}},
+    ("PATCH", "/v1/tenants/{tenant_id}"): {"json": {"disabled": True}},
     ("POST", "/v1/tenants/{tenant_id}/api-keys"): {"json": {"name": "x", "scopes": ["read"]}},
     ("POST", "/v1/instances"): {"json": {"name": "x"}},
     ("POST", "/v1/webhooks"): {"json": {"url": "https://x.example/h", "instance_ids": ["{a}"]}},

@@ -37,6 +37,13 @@ class TenantCreate(Body):
     name: str = Field(min_length=1, max_length=100)
 
 
+class TenantUpdate(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    disabled: StrictBool | None = Field(
+        default=None, description="a disabled tenant's keys stop working; its data stays"
+    )
+
+
 class TenantOut(BaseModel):
     id: uuid.UUID
     name: str

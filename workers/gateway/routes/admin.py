@@ -8,11 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from storage.models import ApiKey, Tenant
+from storage.db import conflicts_wrapped
+from storage.errors import Conflict
+from storage.models import ApiKey, Tenant, utcnow
 from storage.repositories import instances as instance_repo
 from storage.repositories import tenants as tenant_repo
 from workers.gateway import auth, schemas, state
-from workers.gateway.errors import error_responses, not_found
+from workers.gateway.errors import ApiError, error_responses, not_found
 from workers.gateway.routes.ops import tenant_stats
 
 router = APIRouter(
@@ -67,6 +69,28 @@ def list_tenants(g: state.Dep) -> list[dict[str, Any]]:
 def get_tenant(tenant_id: uuid.UUID, g: state.Dep) -> dict[str, Any]:
     with g.sessions() as s:
         return _tenant_out(_tenant(s, tenant_id))
+
+
+@router.patch("/{tenant_id}", response_model=schemas.TenantOut, responses=error_responses(409))
+def update_tenant(tenant_id: uuid.UUID, body: schemas.TenantUpdate, g: state.Dep) -> dict[str, Any]:
+    given = body.model_fields_set
+    with g.sessions.begin() as s:
+        tenant = _tenant(s, tenant_id)
+        if "name" in given and body.name is not None:
+            tenant.name = body.name.strip()
+        if "disabled" in given and body.disabled is not None:
+            if body.disabled and tenant.disabled_at is None:
+                tenant.disabled_at = utcnow()
+            elif not body.disabled:
+                tenant.disabled_at = None
+        try:
+            with conflicts_wrapped():
+                s.flush()
+        except Conflict:
+            raise ApiError(
+                409, "conflict", "a tenant with this name exists", details={"field": "name"}
+            ) from None
+        return _tenant_out(tenant)
 
 
 @router.get("/{tenant_id}/stats", response_model=schemas.Stats)
