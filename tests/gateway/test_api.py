@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -386,6 +387,22 @@ def test_send_media_by_url_base64_and_upload(client: TestClient, tenant: TenantH
         headers=h,
     )
     assert_error(r, 400, "invalid_phone")
+
+
+def test_oversized_bodies_are_refused_before_reading(
+    client: TestClient, tenant: TenantHandle
+) -> None:
+    url = f"/v1/instances/{tenant.instance_id}/send/media"
+    huge = b'{"to": "5511988887777", "media": {"data": "' + b"A" * (9 * 1024 * 1024) + b'"}}'
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    assert_error(client.post(url, content=huge, headers=headers), 413, "payload_too_large")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(9):
+            yield b"A" * (1024 * 1024)
+
+    r = client.post(url, content=chunks(), headers=headers)
+    assert_error(r, 413, "payload_too_large")
 
 
 def test_bulk_reports_each_item(client: TestClient, tenant: TenantHandle) -> None:

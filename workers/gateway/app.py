@@ -17,6 +17,8 @@ import redis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config.settings import Settings
 from tasks import runtime
@@ -29,6 +31,9 @@ from workers.routing import build_runtime, configure_producer, resolve_urls
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
+# The largest request worth reading: inline media is ≤ 5 MB, i.e. ~6.7 MB of base64, plus the
+# JSON or multipart around it. Anything larger is refused before it is buffered.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 TITLE = "wafleet gateway"
 VERSION = "1"
 
@@ -53,6 +58,46 @@ def _gateway(settings: Settings) -> Gateway:
         admin_key=admin or None,
         rate_limit=RateLimit(settings.gateway_rate_limit, settings.gateway_rate_window),
     )
+
+
+def _too_large() -> errors.ApiError:
+    return errors.ApiError(
+        413,
+        "payload_too_large",
+        f"request bodies are limited to {MAX_BODY_BYTES} bytes; send large media by URL",
+    )
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes: by Content-Length before reading, and while
+    reading for bodies without one (the error then surfaces through the app's handlers)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _too_large().response()(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # HTTPException, because FastAPI turns other errors raised while it reads a
+                    # body into a generic 400; the error handlers give it the one body.
+                    raise HTTPException(413, _too_large().body.message)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -102,6 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = build_api()
     app.state.gateway = gateway
     app.state.metrics = Metrics(gateway)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -19,7 +19,7 @@ from workers.gateway.errors import ApiError, error_responses, not_found
 from workers.gateway.routes.records import visible_contact
 
 router = APIRouter(tags=["messages"], responses=error_responses(400, 401, 403, 404, 429))
-SEND_ERRORS = error_responses(409, 503)
+SEND_ERRORS = error_responses(409, 413, 503)
 UPLOAD_CHUNK = 64 * 1024
 
 
@@ -94,8 +94,9 @@ async def send_upload(
     }
     if caption is not None:
         media["caption"] = caption
-    name = filename or file.filename
-    if name and kind == "document":
+    # A document keeps its file name by default; other kinds only when one is given.
+    name = filename or (file.filename if kind == "document" else None)
+    if name:
         media["filename"] = name
     item = {
         "to": to,
