@@ -288,6 +288,23 @@ def test_send_validation_codes(
     assert_error(_send(client, tenant, body), status, code)
 
 
+def test_unstorable_text_is_a_400_not_a_500(client: TestClient, tenant: TenantHandle) -> None:
+    # Found by schemathesis: JSON allows NUL and lone surrogates, Postgres text does not.
+    nul = {"to": "5511988887777", "text": "a\u0000b"}
+    assert_error(_send(client, tenant, nul), 400, "invalid_request")
+    url = f"/v1/instances/{tenant.instance_id}"
+    surrogate = b'{"name": "desk \\udc00"}'
+    r = client.patch(
+        url, content=surrogate, headers={**tenant.headers, "Content-Type": "application/json"}
+    )
+    assert_error(r, 400, "invalid_request")
+    r = client.get("/v1/outbox/by-key", params={"idempotency_key": "k\x00"}, headers=tenant.headers)
+    assert_error(r, 400, "invalid_request")
+    with client.websocket_connect("/v1/events") as ws:
+        ws.send_text('{"token": "wfk_\\udc00"}')
+        assert ws.receive_json()["code"] == "invalid_api_key"
+
+
 def test_send_to_unknown_or_deleted_instance(client: TestClient, tenant: TenantHandle) -> None:
     body = {"to": "5511988887777", "text": "hi"}
     assert_error(_send(client, tenant, body, NO_SUCH), 404, "not_found")

@@ -62,6 +62,8 @@ def _unauthorized(code: str, message: str) -> ApiError:
 
 def authenticate_key(g: state.Gateway, clear: str) -> Principal:
     """The principal of a tenant API key, or 401. Used by HTTP and websocket endpoints."""
+    if not clear.isascii():  # keys are ASCII; anything else cannot even be hashed as sent
+        raise _unauthorized("invalid_api_key", "unknown or revoked API key")
     with g.sessions() as s:
         try:
             row = tenant_repo.find_api_key(s, clear)

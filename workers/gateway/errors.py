@@ -13,6 +13,7 @@ values (a secret may be among them), stack traces or key material.
     tasks.errors.Rejected    400 / 404 / 409 by code (REJECTED_STATUS)
     RequestValidationError   400 invalid_request, with the offending locations
     HTTPException            404 not_found (unknown route), 405 method_not_allowed, ...
+    DataError (DB)           400 invalid_value: the database refused a value
     OperationalError (DB), redis.ConnectionError, kombu OperationalError
                              503 <dependency>_unavailable, retryable
     anything else            500 internal_error (logged with its trace, never returned)
@@ -30,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError as UnstorableValue
 from sqlalchemy.exc import OperationalError as DatabaseError
 from starlette.exceptions import HTTPException
 
@@ -192,6 +194,12 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return ApiError(exc.status_code, code, message, headers=headers).response()
 
+    async def unstorable(_: Request, exc: Exception) -> JSONResponse:
+        # The database refused a value (out of range, malformed): the request's fault. Request
+        # bodies are checked before this; it is the net for anything that slipped through.
+        logger.warning("database refused a value: %s", type(exc).__name__)
+        return ApiError(400, "invalid_value", "a value in the request cannot be stored").response()
+
     async def database_down(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(exc).__name__)
         return _unavailable("database").response()
@@ -214,6 +222,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(DatabaseError, database_down)
+    app.add_exception_handler(UnstorableValue, unstorable)
     app.add_exception_handler(redis.ConnectionError, redis_down)
     app.add_exception_handler(redis.TimeoutError, redis_down)
     app.add_exception_handler(BrokerError, broker_down)

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from tasks.accept import MAX_BULK, MAX_CAPTION, MAX_FILENAME, MAX_TEXT
 
@@ -20,11 +29,45 @@ Scope = Literal["read", "send", "admin"]
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 
+def storable(value: str) -> str:
+    """Text Postgres can store: no NUL characters, no lone UTF-16 surrogates (JSON allows both)."""
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    if isinstance(value, str):
+        storable(value)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key)
+            _check_strings(item)
+
+
+Text = Annotated[str, AfterValidator(storable)]  # for query and form parameters
+
+
 class Body(BaseModel):
-    """A request body: unknown fields are refused, and booleans and numbers must be JSON
-    booleans and numbers (the schema says so; pydantic would otherwise coerce "1" or 0)."""
+    """A request body: unknown fields are refused, booleans and numbers must be JSON booleans
+    and numbers (the schema says so; pydantic would otherwise coerce "1" or 0), and every string
+    must be storable text."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _storable_strings(self) -> Body:
+        for value in self.__dict__.values():
+            if not isinstance(value, BaseModel):  # nested bodies check themselves
+                _check_strings(value)
+        return self
 
 
 class Page(BaseModel, Generic[T]):

@@ -67,13 +67,13 @@ async def send_upload(
     instance_id: uuid.UUID,
     principal: auth.Send,
     g: state.Dep,
-    to: Annotated[str, Form()],
+    to: Annotated[schemas.Text, Form()],
     kind: Annotated[schemas.MediaKind, Form()],
     file: Annotated[UploadFile, File(description="the media bytes (≤ 5 MB)")],
-    mimetype: Annotated[str | None, Form(max_length=255)] = None,
-    caption: Annotated[str | None, Form()] = None,
-    filename: Annotated[str | None, Form()] = None,
-    idempotency_key: Annotated[str | None, Form()] = None,
+    mimetype: Annotated[schemas.Text | None, Form(max_length=255)] = None,
+    caption: Annotated[schemas.Text | None, Form()] = None,
+    filename: Annotated[schemas.Text | None, Form()] = None,
+    idempotency_key: Annotated[schemas.Text | None, Form()] = None,
     expires_in: Annotated[float | None, Form()] = None,
 ) -> dict[str, Any]:
     """Multipart upload: the file travels inline (base64) like `media.data`."""
@@ -161,7 +161,7 @@ def _visible_outbox(principal: auth.Principal, row: OutboxMessage | None) -> Out
 
 @router.get("/outbox/by-key", response_model=schemas.OutboxOut)
 def outbox_by_key(
-    idempotency_key: Annotated[str, Query(min_length=1, max_length=200)],
+    idempotency_key: Annotated[schemas.Text, Query(min_length=1, max_length=200)],
     principal: auth.Read,
     g: state.Dep,
 ) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def list_outbox(
     principal: auth.Read,
     g: state.Dep,
     status: OutboxStatus | None = None,
-    batch_id: Annotated[str | None, Query(max_length=64)] = None,
+    batch_id: Annotated[schemas.Text | None, Query(max_length=64)] = None,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> dict[str, Any]:

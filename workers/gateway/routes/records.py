@@ -52,7 +52,7 @@ def visible_contact(s: Session, principal: auth.Principal, contact_id: int) -> C
 def list_contacts(
     principal: auth.Read,
     g: state.Dep,
-    phone_number: Annotated[str | None, Query(max_length=15)] = None,
+    phone_number: Annotated[schemas.Text | None, Query(max_length=15)] = None,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> dict[str, Any]:
