@@ -150,8 +150,13 @@ def test_created_key_is_shown_once_and_works(client: TestClient, tenant: TenantH
     assert created["scopes"] == ["read"]
     listed = client.get(f"/v1/tenants/{tenant.id}/api-keys", headers=ADMIN).json()
     assert all("key" not in k and created["key"] not in str(k) for k in listed)
+    (row,) = [k for k in listed if k["id"] == created["id"]]
+    assert row["last_used_at"] is None
     headers = {"Authorization": f"Bearer {created['key']}"}
     assert client.get(f"/v1/instances/{tenant.instance_id}", headers=headers).status_code == 200
+    listed = client.get(f"/v1/tenants/{tenant.id}/api-keys", headers=ADMIN).json()
+    (row,) = [k for k in listed if k["id"] == created["id"]]
+    assert row["last_used_at"] is not None
     r = client.post(
         f"/v1/tenants/{tenant.id}/api-keys",
         json={"name": "crm", "scopes": ["root"]},

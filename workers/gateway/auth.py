@@ -21,14 +21,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from storage.errors import NotFound
-from storage.models import Instance, Tenant
+from storage.models import ApiKey, Instance, Tenant, utcnow
 from storage.repositories import tenants as tenant_repo
 from workers.gateway import state
 from workers.gateway.errors import ApiError
@@ -41,6 +43,7 @@ admin_bearer = HTTPBearer(
 )
 
 READ, SEND, ADMIN = "read", "send", "admin"
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # how fresh api_keys.last_used_at is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,21 @@ def authenticate_key(g: state.Gateway, clear: str) -> Principal:
             if inst is None or inst.deleted_at is not None:
                 # The key's only instance is gone: the key can do nothing any more.
                 raise _unauthorized("invalid_api_key", "unknown or revoked API key")
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+            # At most one write per key per LAST_USED_RESOLUTION, however busy the key is.
+            s.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.id == row.id,
+                    or_(
+                        ApiKey.last_used_at.is_(None),
+                        ApiKey.last_used_at < now - LAST_USED_RESOLUTION,
+                    ),
+                )
+                .values(last_used_at=now)
+            )
+            s.commit()
         return Principal(
             key_id=str(row.id),
             tenant_id=row.tenant_id,

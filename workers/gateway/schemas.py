@@ -107,6 +107,7 @@ class ApiKeyOut(BaseModel):
     scopes: list[str]
     instance_id: uuid.UUID | None
     created_at: datetime
+    last_used_at: datetime | None = Field(description="kept to the minute")
     revoked_at: datetime | None
 
 

@@ -42,6 +42,7 @@ def _key_out(k: ApiKey) -> dict[str, Any]:
         "scopes": k.scopes.split(),
         "instance_id": k.instance_id,
         "created_at": k.created_at,
+        "last_used_at": k.last_used_at,
         "revoked_at": k.revoked_at,
     }
 
