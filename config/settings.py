@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     # --- gateway and logging -------------------------------------------------------------
     gateway_host: str = Field(default="127.0.0.1")
     gateway_port: int = Field(default=8080, ge=1, le=65535)
+    admin_key: SecretStr | None = Field(
+        default=None, description="bearer key of the gateway's /v1/tenants admin API; unset = off"
+    )
+    gateway_rate_limit: int = Field(
+        default=600, ge=0, description="requests per API key per window; 0 = unlimited"
+    )
+    gateway_rate_window: float = Field(default=60.0, gt=0, description="rate-limit window, s")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -218,6 +225,8 @@ def load_settings(**overrides: object) -> Settings:
         variable = f"{ENV_PREFIX}{field.upper()}"
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         given = first.get("input")
-        if field in {"master_key", "previous_master_keys"} or not isinstance(given, str | int):
+        if field in {"master_key", "previous_master_keys", "admin_key"} or not isinstance(
+            given, str | int
+        ):
             raise SettingsError(variable, message) from None
         raise SettingsError(variable, f"{message} (got {given!r})") from None

@@ -30,6 +30,18 @@ class Event:
     timestamp: str
     data: dict[str, Any]
 
+    @classmethod
+    def from_entry(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
+        """The event of one stream entry (XREAD/XRANGE answer, sync or asyncio client)."""
+        payload = json.loads(fields[b"event"])
+        return cls(
+            _text(entry_id),
+            payload["type"],
+            payload["instance_id"],
+            payload["timestamp"],
+            payload["data"],
+        )
+
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -96,22 +108,13 @@ class EventBus:
         gap = False
         if after not in {"$", "0", "0-0"}:
             first: Any = self._client.xrange(key, count=1)
-            if first and _id_lt(after, _text(first[0][0])):
+            if first and id_before(after, _text(first[0][0])):
                 gap = True  # the client's last event is older than anything retained
         raw: Any = self._client.xread({key: after}, count=count, block=block_ms)
         events: list[Event] = []
         for _stream, entries in raw or []:
             for entry_id, fields in entries:
-                payload = json.loads(fields[b"event"])
-                events.append(
-                    Event(
-                        _text(entry_id),
-                        payload["type"],
-                        payload["instance_id"],
-                        payload["timestamp"],
-                        payload["data"],
-                    )
-                )
+                events.append(Event.from_entry(entry_id, fields))
         return Batch(events, gap)
 
 
@@ -119,7 +122,9 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _id_lt(a: str, b: str) -> bool:
+def id_before(a: str, b: str) -> bool:
+    """Whether stream id `a` sorts before `b` (a malformed `a` counts as before anything)."""
+
     def parts(x: str) -> tuple[int, int]:
         ms, _, seq = x.partition("-")
         return int(ms), int(seq or 0)

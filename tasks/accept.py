@@ -244,6 +244,13 @@ def send_bulk(
     Items are validated one by one: a bad item is reported in `results` with its code and does
     not stop the others. Result: {"batch_id", "results": [{...} | {"error", "message"}]}.
     """
+    return accept_bulk(tenant_id, instance_id, items, batch_id)
+
+
+def accept_bulk(
+    tenant_id: object, instance_id: object, items: list[dict[str, Any]], batch_id: str | None
+) -> dict[str, Any]:
+    """The body of `wafleet.send_bulk`, callable in-process (the gateway)."""
     if not isinstance(items, list) or not items:
         raise Rejected("invalid_request", "items must be a non-empty list")
     if len(items) > MAX_BULK:
@@ -267,4 +274,4 @@ def send_bulk(
     return {"batch_id": batch, "results": results}
 
 
-__all__ = ["accept", "send_bulk", "send_message", "validate_media", "validate_text"]
+__all__ = ["accept", "accept_bulk", "send_bulk", "send_message", "validate_media", "validate_text"]

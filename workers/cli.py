@@ -9,6 +9,7 @@
     wafleet worker routing [--queues Q,...] [--concurrency N] [--pool prefork|threads|solo]
     wafleet worker session --session-factory MODULE:CALLABLE [--concurrency N] [--node-id ID]
     wafleet beat
+    wafleet gateway
     wafleet demo
 
 Every command reads settings from the environment (config.settings). Bad input gets one precise
@@ -264,6 +265,12 @@ def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_gateway(ctx: Context, args: argparse.Namespace) -> None:
+    from workers.gateway import run_gateway
+
+    run_gateway(ctx.settings)
+
+
 def cmd_link(ctx: Context, args: argparse.Namespace) -> None:
     """Link an instance as a companion device: show QR codes or a pairing code until paired."""
     import asyncio
@@ -442,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="ws:// URL of another server (e.g. the simulator)")
     p.add_argument("--root-key", help="hex root public key that server signs with")
     p.add_argument("--timeout", type=int, default=180, help="seconds to wait for the phone")
+
+    p = sub.add_parser("gateway", help="the HTTP API (WAFLEET_GATEWAY_HOST/PORT)")
+    p.set_defaults(handler=cmd_gateway)
 
     p = sub.add_parser("demo", help="run the fleet on the embedded default")
     p.set_defaults(handler=cmd_demo)
