@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     wa_server_url: str = Field(default=WHATSAPP_WS_URL)
     wa_root_key: str = Field(default=WHATSAPP_ROOT_KEY_HEX, description="Noise root key, hex")
     wa_version: str = Field(default="", description="override the app version, e.g. 2.3000.1")
+    wa_prekey_count: int = Field(
+        default=812, ge=5, le=2000, description="one-time prekeys uploaded at first login"
+    )
 
     # --- gateway and logging -------------------------------------------------------------
     gateway_host: str = Field(default="127.0.0.1")

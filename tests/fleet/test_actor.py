@@ -216,3 +216,33 @@ def test_stops_when_fenced_out(rig: Rig) -> None:
 
 
 __all__ = ["Any"]
+
+
+def test_an_early_receipt_does_not_stop_the_actor(rig: Rig) -> None:
+    """A delivery receipt can move a `sending` row to `delivered` (via the routing worker)
+    before the actor records the server ack; the actor must carry on, not think it lost its
+    lease."""
+    rig.accept("A", "A1")
+    rig.accept("A", "A2")
+    original = rig.sender.send
+
+    async def send_with_early_receipt(message: OutboundMessage) -> None:
+        await original(message)
+        if message.payload["text"] == "A1":
+
+            def receipt() -> None:
+                with rig.pg.begin() as s:
+                    s.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id == message.outbox_id)
+                        .values(status=OutboxStatus.DELIVERED)
+                    )
+
+            await asyncio.to_thread(receipt)
+
+    rig.sender.send = send_with_early_receipt  # type: ignore[method-assign]
+    asyncio.run(rig.run_until(lambda: len(rig.sender.sent) == 2))
+    rows = rig.rows()
+    assert rows["A1"].status is OutboxStatus.DELIVERED
+    assert rows["A1"].sent_at is not None
+    assert rows["A2"].status is OutboxStatus.SENT

@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from celery import Celery
 from sqlalchemy import select
@@ -54,6 +55,7 @@ def poll(what: str, check: Any, state: Any = lambda: None) -> Any:
     raise AssertionError(f"timed out waiting for {what}; state: {state()}")
 
 
+@pytest.mark.timeout(900)  # 50 linkings and 2,000 sends: ~1 min alone, slower under load
 def test_crash_mid_run_loses_and_duplicates_nothing(
     routing_worker: subprocess.Popen[bytes],
     producer: Celery,
@@ -99,6 +101,7 @@ def _scenario(
             "heartbeat_interval": 1.0,
             "rebalance_interval": 0.3,
             "session_stagger": 0.02,
+            "wa_prekey_count": 30,
         }
     )
     procs: dict[str, subprocess.Popen[bytes]] = {}

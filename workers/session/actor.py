@@ -191,20 +191,24 @@ class OutboundActor:
 
     def _move(
         self, s: Session, row_id: int, expected: tuple[OutboxStatus, ...], **values: Any
-    ) -> None:
+    ) -> bool:
+        """A fenced state move. False if the row had already moved on (a receipt can advance a
+        `sending` row to `delivered` before the server ack is recorded); FencedOut if this
+        worker no longer holds the instance."""
         lease = self._lease()
+        now = self._db_now()
+        fence = held_by(self.instance_id, lease.owner, lease.token, now)
         result = s.execute(
             update(OutboxMessage)
-            .where(
-                OutboxMessage.id == row_id,
-                OutboxMessage.status.in_(expected),
-                held_by(self.instance_id, lease.owner, lease.token, self._db_now()),
-            )
+            .where(OutboxMessage.id == row_id, OutboxMessage.status.in_(expected), fence)
             .values(updated_at=utcnow(), **values)
             .returning(OutboxMessage.id)
         ).first()
-        if result is None:
+        if result is not None:
+            return True
+        if not s.scalar(select(fence)):
             raise FencedOut
+        return False
 
     def _mark_sending(self, row: OutboxMessage) -> None:
         with self._sessions.begin() as s:
@@ -214,7 +218,7 @@ class OutboundActor:
 
     def _mark_sent(self, row: OutboxMessage) -> None:
         with self._sessions.begin() as s:
-            self._move(
+            moved = self._move(
                 s,
                 row.id,
                 (OutboxStatus.SENDING,),
@@ -222,6 +226,14 @@ class OutboundActor:
                 sent_at=utcnow(),
                 attempts=row.attempts + 1,
             )
+            if not moved:  # a receipt already moved it past `sent`: record the send anyway
+                self._move(
+                    s,
+                    row.id,
+                    (OutboxStatus.DELIVERED, OutboxStatus.READ),
+                    sent_at=utcnow(),
+                    attempts=row.attempts + 1,
+                )
             s.execute(
                 update(Instance)
                 .where(Instance.id == self.instance_id)

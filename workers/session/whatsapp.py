@@ -359,7 +359,9 @@ def make_factory(settings: Settings) -> SessionFactory:
     if base.keyring is None:
         raise ValueError("WAFLEET_MASTER_KEY is required to open instances' key stores")
     options = ClientOptions(
-        url=settings.wa_server_url, trusted_root=bytes.fromhex(settings.wa_root_key)
+        url=settings.wa_server_url,
+        trusted_root=bytes.fromhex(settings.wa_root_key),
+        prekey_upload_count=settings.wa_prekey_count,  # SPEC §12.3: 812 like Baileys
     )
     deps = Deps(settings, base.sessions, base.bus, base.keyring, options)
 
