@@ -4,6 +4,8 @@ the same seeds replay the same bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from protocol.client import (
@@ -24,7 +26,7 @@ from protocol.core.inject import CountingRng
 from protocol.core.message import Text
 from protocol.core.noise import ClientFinished, make_cert_chain
 from protocol.simulator.session import ServerConnection
-from protocol.simulator.world import World
+from protocol.simulator.world import ControlError, World
 from protocol.store import MemoryKeyStore
 
 OWNER = "15550001111"
@@ -49,9 +51,9 @@ class Wire:
 
 
 class Server:
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, now: Callable[[], float] = lambda: T0) -> None:
         self.rng = CountingRng(seed)
-        self.world = World(rng=self.rng, now=lambda: T0)
+        self.world = World(rng=self.rng, now=now)
         self.root = curve.generate_keypair(self.rng)
         self.static = curve.generate_keypair(self.rng)
         self.chain = make_cert_chain(
@@ -183,3 +185,31 @@ def test_garbage_after_login_is_survived() -> None:
     msg_id = client.send_text(BOB, "still here")
     events = pump(client, server, wire, sent)
     assert MessageStatus(msg_id, Status.SERVER_ACK) in events
+
+
+def test_qr_refs_rotate_then_time_out_and_expired_refs_are_refused() -> None:
+    clock = [T0]
+    server = Server(b"qr-timeout", lambda: clock[0])
+    server.world.create_account(OWNER)
+    client = Connection(
+        MemoryKeyStore(),
+        rng=CountingRng(b"q"),
+        now=lambda: clock[0],
+        trusted_root=server.root.public,
+    )
+    wire = server.wire()
+    sent: list[bytes] = []
+    events = pump(client, server, wire, sent)
+    shown = [e for e in events if isinstance(e, Qr)]
+    for _ in range(10):
+        clock[0] += 20.0  # SPEC §8.2: 60 s for the first ref, 20 s for each next one
+        client.tick()
+        events = client.events()
+        shown += [e for e in events if isinstance(e, Qr)]
+        if client.closed:
+            break
+    assert [q.index for q in shown] == [0, 1, 2, 3, 4, 5]
+    assert Disconnected(DisconnectReason.QR_TIMEOUT, False, 408) in events
+    with pytest.raises(ControlError) as expired:
+        server.world.link_qr(OWNER, shown[0].code)
+    assert expired.value.status == 410
