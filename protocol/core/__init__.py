@@ -3,8 +3,8 @@
 Owns: errors (the error tree), inject (rng/clock types), curve (X25519, curve25519
 signatures), framing and noise (transport), binary (nodes and token tables), jid, payload
 (ClientPayload/DeviceProps builders and the client identity constants), proto (our .proto
-files, their generated Python and the `parse` boundary), and, as they land, signal, pairing,
-media and the `Connection` state machine.
+files, their generated Python and the `parse` boundary), signal, pairing, message and media.
+The client `Connection` state machine lives in protocol.client (it calls the key store).
 
 Must not import: asyncio, socket, time, os, random, secrets, threading, websockets, sqlalchemy,
 redis, celery, kombu, or protocol.aio / protocol.simulator / protocol.store (enforced by

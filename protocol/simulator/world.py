@@ -916,6 +916,7 @@ class World:
             address = str(t.signal_address())
             if not signal_store.has_session(phone.store, address):
                 bundle = self.take_bundle(t)
+                self._check_low(t)
                 if bundle is None:
                     continue
                 signal_store.build_session(phone.store, address, bundle, phone.identity, self._rng)

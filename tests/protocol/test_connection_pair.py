@@ -214,3 +214,34 @@ def test_qr_refs_rotate_then_time_out_and_expired_refs_are_refused() -> None:
     with pytest.raises(ControlError) as expired:
         server.world.link_qr(OWNER, shown[0].code)
     assert expired.value.status == 410
+
+
+def test_low_prekeys_are_refilled_after_the_server_notifies() -> None:
+    server = Server(b"prekeys")
+    for phone in (OWNER, BOB, "15550003333"):
+        server.world.create_account(phone)
+    store = MemoryKeyStore()
+    sent: list[bytes] = []
+    client = Connection(
+        store, rng=CountingRng(b"p"), now=lambda: T0, trusted_root=server.root.public
+    )
+    wire = server.wire()
+    qr = next(e for e in pump(client, server, wire, sent) if isinstance(e, Qr))
+    server.world.link_qr(OWNER, qr.code)
+    pump(client, server, wire, sent)
+    client = Connection(
+        store,
+        rng=CountingRng(b"p2"),
+        now=lambda: T0,
+        trusted_root=server.root.public,
+        prekey_upload_count=6,
+    )
+    wire = server.wire()
+    pump(client, server, wire, sent)
+    record = server.world.devices[next(j for j in server.world.devices if j.device == 1)]
+    assert len(record.prekeys) == 6
+    server.world.phone_send(BOB, OWNER, "one")  # each new sender consumes one prekey
+    server.world.phone_send("15550003333", OWNER, "two")
+    events = pump(client, server, wire, sent)
+    assert len([e for e in events if isinstance(e, Message)]) == 2
+    assert len(record.prekeys) > 6  # SPEC §12.3: notified below 5, the client uploaded more
