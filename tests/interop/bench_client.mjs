@@ -1,7 +1,8 @@
 // Client benchmark, Baileys side (tests/benchmarks/bench_client.py): N Baileys 7.0.0-rc14
 // sockets linked to the simulator by QR (the phone links through the control API), then
 // logged in again from their saved creds and kept idle; RSS per socket, login latency, and
-// send → delivery-receipt latency. Line protocol (lineserver.mjs), one op: run.
+// send → delivery-receipt latency. Line protocol (lineserver.mjs), ops: link, then measure in a
+// fresh process.
 import * as B from '@whiskeysockets/baileys'
 import { WA_CERT_DETAILS } from '@whiskeysockets/baileys/lib/Defaults/index.js'
 import { mkdtempSync } from 'node:fs'
@@ -40,7 +41,7 @@ const once = (sock, pred) => new Promise(resolve => {
 const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))] }
 
 serve({
-  async run (req) {
+  async link (req) {
     WA_CERT_DETAILS.PUBLIC_KEY = Buffer.from(req.root, 'hex')
     const dirs = []
     for (let i = 0; i < req.n; i++) {  // link each: QR → phone links → 515
@@ -56,6 +57,11 @@ serve({
       await closed
       sock.end(undefined)
     }
+    return dirs
+  },
+  async measure (req) {  // a fresh process: no memory left over from linking
+    WA_CERT_DETAILS.PUBLIC_KEY = Buffer.from(req.root, 'hex')
+    const dirs = req.dirs
     if (global.gc) global.gc()
     const before = process.memoryUsage().rss
     const login = []
@@ -74,13 +80,13 @@ serve({
     for (let i = 0; i < req.messages; i++) {
       const pending = B.generateMessageIDV2(sender.user && sender.user.id)
       const t0 = performance.now()
+      // The recipient phone's raw delivery receipt (Baileys' buffered status updates may
+      // end on SERVER_ACK when the own phone's `sender` receipt arrives in the same flush).
       const delivered = new Promise(resolve => {
-        const fn = updates => {
-          for (const { key, update } of updates) {
-            if (key.id === pending && update.status >= 3) { sender.ev.off('messages.update', fn); resolve() }
-          }
+        const fn = node => {
+          if (node.attrs.id === pending && !node.attrs.type) { sender.ws.off('CB:receipt', fn); resolve() }
         }
-        sender.ev.on('messages.update', fn)
+        sender.ws.on('CB:receipt', fn)
       })
       await sender.sendMessage(req.to, { text: `bench ${i}` }, { messageId: pending })
       await delivered
