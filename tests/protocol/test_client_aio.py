@@ -317,3 +317,24 @@ def test_iq_round_trips_errors_and_latency() -> None:
         await client.stop()
 
     run(scenario)
+
+
+def test_client_logout_and_iq_timeout() -> None:
+    async def scenario(sim: Simulator) -> None:
+        client, events, _ = await linked_client(sim, OWNER)
+        device = f"{OWNER}:1@s.whatsapp.net"
+        await control(sim, "POST", "/control/faults", {"kind": "stall", "device": device})
+        with pytest.raises(ClientError) as late:
+            await client.query("w:p", "get", [Node("ping")], seconds=0.5)
+        assert late.value.details["reason"] == "iq_timeout"
+        await control(sim, "POST", "/control/faults", {"kind": "drop", "device": device})
+        await events.next(Disconnected)
+        await events.next(Connected)
+
+        await client.logout()
+        assert (await events.next(LoggedOut)).reason is DisconnectReason.LOGGED_OUT
+        await client.wait_stopped(15)
+        account = (await control(sim, "GET", f"/control/accounts/{OWNER}")).json()
+        assert [d["device"] for d in account["devices"]] == [0]
+
+    run(scenario)
