@@ -6,6 +6,8 @@ Owns:
     protocol.store      the `KeyStore` interface (typing.Protocol) and `MemoryKeyStore`.
     protocol.signal_store  Signal operations over a `KeyStore`: load records, run the pure
                         protocol.core.signal functions, store results in one transaction.
+    protocol.client     the client `Connection` state machine (sans-I/O, over a `KeyStore`),
+                        its events and the device credentials record.
     protocol.aio        the thin asyncio `Client`: websocket, IQ by id, keepalive, reconnect.
     protocol.simulator  a protocol-faithful local WhatsApp server for tests, demo and benchmarks.
 

@@ -114,6 +114,8 @@ class Client:
         self._done = asyncio.Event()
         self.connections = 0
         self.last_disconnect: ev.Disconnected | None = None
+        self._reached_login = False  # this connection logged in (resets the backoff)
+        self._lost = False  # this connection ended by keepalive timeout
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -286,8 +288,6 @@ class Client:
         finally:
             self._done.set()
 
-    _reached_login = False
-
     async def _connect_once(self) -> ev.Disconnected | None:
         opts = self.options
         self._reached_login = False
@@ -378,8 +378,6 @@ class Client:
                 ev.Disconnected(ev.DisconnectReason.CONNECTION_CLOSED, True)
             )
         return final
-
-    _lost = False
 
     async def _ticker(self, conn: Connection, ws: ClientConnection) -> None:
         opts = self.options

@@ -6,8 +6,8 @@ signatures), framing and noise (transport), binary (nodes and token tables), jid
 files, their generated Python and the `parse` boundary), signal (X3DH, Double Ratchet, sender
 keys, as pure functions over records), pairing (QR payload, ADV identity, link code; companion
 and primary roles), message (padding, Message wrapping and content, message ids) and media
-(key expansion, streaming encryption, upload tokens); the client `Connection` state machine
-lands with the simulator.
+(key expansion, streaming encryption, upload tokens). The client `Connection` state machine
+lives in protocol.client (it calls the key store).
 
 Must not import: asyncio, socket, time, os, random, secrets, threading, websockets, sqlalchemy,
 redis, celery, kombu, or protocol.aio / protocol.simulator / protocol.store (enforced by

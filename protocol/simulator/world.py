@@ -408,9 +408,10 @@ class World:
                 )
             self._result(peer, iq)
         elif first.tag == "key":
-            users = [self._bundle_node(parse_jid(u.attr("jid") or "")) for u in first.children]
-            self._result(peer, iq, [Node("list", {}, users)])
-            self._check_low(record)
+            wanted = [parse_jid(u.attr("jid") or "") for u in first.children]
+            self._result(peer, iq, [Node("list", {}, [self._bundle_node(j) for j in wanted])])
+            for target in wanted:
+                self._check_low(self.resolve(target))
         elif first.tag == "digest":
             self._result(peer, iq, [Node("digest", {})])
         elif first.tag == "rotate":
@@ -425,21 +426,16 @@ class World:
         else:
             self._error(peer, iq, 400, "bad-request")
 
-    def _check_low(self, record: DeviceRecord) -> None:
-        for target in self.devices.values():
-            if target.noise_public is not None and len(target.prekeys) < PREKEY_LOW:
-                for p in self.online.get(target.jid, []):
-                    node = Node(
-                        "notification",
-                        {
-                            "from": SERVER_JID,
-                            "id": self._next_id(),
-                            "type": "encrypt",
-                            "t": self._t(),
-                        },
-                        [Node("count", {"value": str(len(target.prekeys))})],
-                    )
-                    self._send(p, node)
+    def _check_low(self, jid: JID) -> None:
+        """SPEC §17 item 8: tell an online companion its one-time prekeys run low."""
+        target = self.devices.get(jid)
+        if target is None or target.noise_public is None or len(target.prekeys) >= PREKEY_LOW:
+            return
+        for p in self.online.get(jid, []):
+            attrs: dict[str, str | JID] = {"from": SERVER_JID, "id": self._next_id()}
+            attrs |= {"type": "encrypt", "t": self._t()}
+            count = Node("count", {"value": str(len(target.prekeys))})
+            self._send(p, Node("notification", attrs, [count]))
 
     def take_bundle(self, jid: JID) -> keys.PreKeyBundle | None:
         """A device's bundle, consuming one one-time prekey (SPEC §13.4, §17 item 5)."""
@@ -792,7 +788,14 @@ class World:
         identity = node.child("device-identity")
         self._send(peer, Node("ack", ack))  # SPEC §13.6: before any receipt can come back
         deliveries = 0
-        for to in _children(participants, "to"):
+        # Our own other devices first, then the chat's [inferred]: the own phone's `sender`
+        # receipt (SERVER_ACK) then precedes the recipient's delivery receipt, so a client
+        # that keeps the last status it saw (Baileys' event buffer does) ends on DELIVERED.
+        fanout = sorted(
+            _children(participants, "to"),
+            key=lambda to: self.resolve(parse_jid(to.attr("jid") or "")).user != sender.user,
+        )
+        for to in fanout:
             target = self.resolve(parse_jid(to.attr("jid") or ""))
             encs = [c for c in to.children if c.tag == "enc"]
             if not encs or target not in self.devices:
@@ -913,6 +916,7 @@ class World:
             address = str(t.signal_address())
             if not signal_store.has_session(phone.store, address):
                 bundle = self.take_bundle(t)
+                self._check_low(t)
                 if bundle is None:
                     continue
                 signal_store.build_session(phone.store, address, bundle, phone.identity, self._rng)

@@ -4,6 +4,8 @@
 //                                shared/interop/README.md), open a socket with creds in `dir`
 //   wait {kind, timeoutMs}       the next event of a kind: qr | open | close | message
 //                                (delivered to us, incl. our phone's) | status (of our sends)
+//                                | receipt (raw <receipt> attributes as they arrive)
+//   receipts                     every raw receipt so far
 //   send {to, text}              sock.sendMessage; returns the message id
 //   received                     every message received so far
 //   stop                         end the socket
@@ -21,9 +23,10 @@ const makeWASocket = B.default.default || B.default || B.makeWASocket
 let sock = null
 let options = null
 let stopped = false
-const queues = { qr: [], open: [], close: [], message: [], status: [] }
+const queues = { qr: [], open: [], close: [], message: [], status: [], receipt: [] }
 const waiters = []
 const received = []
+const rawReceipts = []
 
 function push (kind, value) {
   const w = waiters.findIndex(x => x.kind === kind)
@@ -51,6 +54,7 @@ async function open () {
     getMessage: async () => undefined
   })
   sock.ev.on('creds.update', saveCreds)
+  sock.ws.on('CB:receipt', node => { rawReceipts.push(node.attrs); push('receipt', node.attrs) })
   sock.ev.on('connection.update', update => {
     if (update.qr) push('qr', update.qr)
     if (update.connection === 'open') push('open', { me: sock.user && sock.user.id })
@@ -102,6 +106,7 @@ serve({
     return sent.key.id
   },
   async received () { return received },
+  async receipts () { return rawReceipts },
   async stop () {
     stopped = true
     if (sock) sock.end(undefined)

@@ -10,6 +10,7 @@ import pytest
 
 from protocol.aio import (
     Client,
+    ClientError,
     Connected,
     Disconnected,
     DisconnectReason,
@@ -21,6 +22,7 @@ from protocol.aio import (
     Qr,
     Status,
 )
+from protocol.core.binary import Node
 from protocol.core.media import MediaType
 from protocol.core.message import Media, Text
 from protocol.simulator import Simulator
@@ -288,5 +290,51 @@ def test_media_round_trip_through_the_simulator_media_endpoint() -> None:
         await receiver.confirm(msg_id)
         await sender.stop()
         await receiver.stop()
+
+    run(scenario)
+
+
+def test_iq_round_trips_errors_and_latency() -> None:
+    async def scenario(sim: Simulator) -> None:
+        client, events, _ = await linked_client(sim, OWNER)
+        pong = await client.query("w:p", "get", [Node("ping")])
+        assert pong.attr("type") == "result"
+        with pytest.raises(ClientError) as refused:
+            await client.query("no-such-namespace", "get")
+        assert refused.value.details["reason"] == "iq_error"
+
+        await control(sim, "POST", "/control/faults", {"kind": "iq_error", "xmlns": "usync"})
+        failed = await client.send_text(BOB, "no devices today")
+        status = await events.next(MessageStatus, lambda s: s.id == failed)
+        assert (status.status, status.error) == (Status.ERROR, 500)
+        await control(sim, "POST", "/control/faults", {"kind": "clear"})
+
+        device = f"{OWNER}:1@s.whatsapp.net"
+        fault = {"kind": "latency", "device": device, "seconds": 0.05}
+        assert (await control(sim, "POST", "/control/faults", fault)).json()["affected"] == 1
+        slow = await client.send_text(BOB, "slowly")
+        await events.next(MessageStatus, lambda s: s.id == slow and s.status is Status.DELIVERED)
+        await client.stop()
+
+    run(scenario)
+
+
+def test_client_logout_and_iq_timeout() -> None:
+    async def scenario(sim: Simulator) -> None:
+        client, events, _ = await linked_client(sim, OWNER)
+        device = f"{OWNER}:1@s.whatsapp.net"
+        await control(sim, "POST", "/control/faults", {"kind": "stall", "device": device})
+        with pytest.raises(ClientError) as late:
+            await client.query("w:p", "get", [Node("ping")], seconds=0.5)
+        assert late.value.details["reason"] == "iq_timeout"
+        await control(sim, "POST", "/control/faults", {"kind": "drop", "device": device})
+        await events.next(Disconnected)
+        await events.next(Connected)
+
+        await client.logout()
+        assert (await events.next(LoggedOut)).reason is DisconnectReason.LOGGED_OUT
+        await client.wait_stopped(15)
+        account = (await control(sim, "GET", f"/control/accounts/{OWNER}")).json()
+        assert [d["device"] for d in account["devices"]] == [0]
 
     run(scenario)

@@ -4,6 +4,8 @@ the same seeds replay the same bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from protocol.client import (
@@ -24,7 +26,7 @@ from protocol.core.inject import CountingRng
 from protocol.core.message import Text
 from protocol.core.noise import ClientFinished, make_cert_chain
 from protocol.simulator.session import ServerConnection
-from protocol.simulator.world import World
+from protocol.simulator.world import ControlError, World
 from protocol.store import MemoryKeyStore
 
 OWNER = "15550001111"
@@ -49,9 +51,9 @@ class Wire:
 
 
 class Server:
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, now: Callable[[], float] = lambda: T0) -> None:
         self.rng = CountingRng(seed)
-        self.world = World(rng=self.rng, now=lambda: T0)
+        self.world = World(rng=self.rng, now=now)
         self.root = curve.generate_keypair(self.rng)
         self.static = curve.generate_keypair(self.rng)
         self.chain = make_cert_chain(
@@ -124,7 +126,8 @@ def scenario(dict_version: int, seed: bytes) -> tuple[list[Event], list[bytes], 
     msg_id = client.send_text(BOB, "hello")
     events += pump(client, server, wire, sent)
     statuses = [e.status for e in events if isinstance(e, MessageStatus) and e.id == msg_id]
-    assert statuses[:2] == [Status.SERVER_ACK, Status.DELIVERED]
+    assert statuses[0] is Status.SERVER_ACK  # the server's ack comes first
+    assert Status.DELIVERED in statuses
     server.world.phone_send(BOB, OWNER, "back")
     events += pump(client, server, wire, sent)
     server.world.phone_send(OWNER, BOB, "mine")
@@ -183,3 +186,62 @@ def test_garbage_after_login_is_survived() -> None:
     msg_id = client.send_text(BOB, "still here")
     events = pump(client, server, wire, sent)
     assert MessageStatus(msg_id, Status.SERVER_ACK) in events
+
+
+def test_qr_refs_rotate_then_time_out_and_expired_refs_are_refused() -> None:
+    clock = [T0]
+    server = Server(b"qr-timeout", lambda: clock[0])
+    server.world.create_account(OWNER)
+    client = Connection(
+        MemoryKeyStore(),
+        rng=CountingRng(b"q"),
+        now=lambda: clock[0],
+        trusted_root=server.root.public,
+    )
+    wire = server.wire()
+    sent: list[bytes] = []
+    events = pump(client, server, wire, sent)
+    shown = [e for e in events if isinstance(e, Qr)]
+    for _ in range(10):
+        clock[0] += 20.0  # SPEC §8.2: 60 s for the first ref, 20 s for each next one
+        client.tick()
+        events = client.events()
+        shown += [e for e in events if isinstance(e, Qr)]
+        if client.closed:
+            break
+    assert [q.index for q in shown] == [0, 1, 2, 3, 4, 5]
+    assert Disconnected(DisconnectReason.QR_TIMEOUT, False, 408) in events
+    with pytest.raises(ControlError) as expired:
+        server.world.link_qr(OWNER, shown[0].code)
+    assert expired.value.status == 410
+
+
+def test_low_prekeys_are_refilled_after_the_server_notifies() -> None:
+    server = Server(b"prekeys")
+    for phone in (OWNER, BOB, "15550003333"):
+        server.world.create_account(phone)
+    store = MemoryKeyStore()
+    sent: list[bytes] = []
+    client = Connection(
+        store, rng=CountingRng(b"p"), now=lambda: T0, trusted_root=server.root.public
+    )
+    wire = server.wire()
+    qr = next(e for e in pump(client, server, wire, sent) if isinstance(e, Qr))
+    server.world.link_qr(OWNER, qr.code)
+    pump(client, server, wire, sent)
+    client = Connection(
+        store,
+        rng=CountingRng(b"p2"),
+        now=lambda: T0,
+        trusted_root=server.root.public,
+        prekey_upload_count=6,
+    )
+    wire = server.wire()
+    pump(client, server, wire, sent)
+    record = server.world.devices[next(j for j in server.world.devices if j.device == 1)]
+    assert len(record.prekeys) == 6
+    server.world.phone_send(BOB, OWNER, "one")  # each new sender consumes one prekey
+    server.world.phone_send("15550003333", OWNER, "two")
+    events = pump(client, server, wire, sent)
+    assert len([e for e in events if isinstance(e, Message)]) == 2
+    assert len(record.prekeys) > 6  # SPEC §12.3: notified below 5, the client uploaded more
