@@ -16,13 +16,15 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
@@ -85,14 +87,54 @@ def poll(what: str, check: Any) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_link_send_receive_and_notes(
-    routing_worker: subprocess.Popen[bytes],
-    producer: Celery,
+@dataclass
+class Linked:
+    """One instance linked by QR to the simulated OWNER phone, owned by a real session worker."""
+
+    tenant_id: uuid.UUID
+    instance_id: uuid.UUID
+    http: httpx.Client
+    bus: EventBus
+    pg: Factory
+    producer: Celery
+
+    def event(self, kind: str) -> dict[str, Any] | None:
+        for e in self.bus.read(self.tenant_id).events:
+            if e.type == kind:
+                return e.data
+        return None
+
+    def instance(self) -> Instance:
+        with self.pg() as s:
+            inst = s.get(Instance, self.instance_id)
+            assert inst is not None
+            return inst
+
+    def send(self, to: str, text: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.producer.send_task(
+            SEND_MESSAGE_TASK,
+            kwargs={
+                "tenant_id": str(self.tenant_id),
+                "instance_id": str(self.instance_id),
+                "to": to,
+                "text": text,
+                "idempotency_key": text,
+            },
+        ).get(WAIT)
+        return result
+
+    def inbox(self, phone: str) -> list[dict[str, Any]]:
+        return list(self.http.get(f"/control/accounts/{phone}/messages").json())
+
+
+@contextmanager
+def linked(
+    simulator: Simulator,
     fleet_settings: Settings,
     pg: Factory,
     redis_client: redis.Redis,
-    simulator: Simulator,
-) -> None:
+    producer: Celery,
+) -> Iterator[Linked]:
     http = httpx.Client(base_url=simulator.http_url, timeout=WAIT)
     for phone in (OWNER, CLIENT):
         assert http.post("/control/accounts", json={"phone": phone}).status_code == 201
@@ -102,7 +144,6 @@ def test_link_send_receive_and_notes(
         inst = instances.create_instance(s, keyring, tenant.id, "front-desk")
         inst.status = InstanceStatus.CONNECTING  # a connect was requested
         tenant_id, instance_id = tenant.id, inst.id
-
     settings = fleet_settings.model_copy(
         update={
             "wa_server_url": simulator.ws_url,
@@ -111,6 +152,7 @@ def test_link_send_receive_and_notes(
             "lease_renew": 2.0,
             "rebalance_interval": 0.2,
             "heartbeat_interval": 0.5,
+            "wa_prekey_count": 30,
         }
     )
     log = open(log_file("session-e2e.log"), "wb")  # noqa: SIM115
@@ -131,43 +173,44 @@ def test_link_send_receive_and_notes(
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    bus = EventBus(redis_client, fleet_settings.redis_prefix)
+    rig = Linked(
+        tenant_id,
+        instance_id,
+        http,
+        EventBus(redis_client, fleet_settings.redis_prefix),
+        pg,
+        producer,
+    )
     try:
+        qr = poll("a QR event", lambda: rig.event("whatsapp:qr"))
+        linked_now = http.post(f"/control/accounts/{OWNER}/link", json={"qr": qr["qr"]})
+        assert linked_now.status_code == 200
+        poll("connected", lambda: rig.event("whatsapp:connected"))
+        poll("instance connected", lambda: rig.instance().status is InstanceStatus.CONNECTED)
+        yield rig
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        http.close()
 
-        def event(kind: str) -> dict[str, Any] | None:
-            for e in bus.read(tenant_id).events:
-                if e.type == kind:
-                    return e.data
-            return None
 
-        qr = poll("a QR event", lambda: event("whatsapp:qr"))
-        assert (
-            http.post(f"/control/accounts/{OWNER}/link", json={"qr": qr["qr"]}).status_code == 200
-        )
-        poll("connected", lambda: event("whatsapp:connected"))
-
-        def status() -> InstanceStatus:
-            with pg() as s:
-                return s.get(Instance, instance_id).status  # type: ignore[union-attr]
-
-        poll("instance connected", lambda: status() is InstanceStatus.CONNECTED)
-
+def test_link_send_receive_and_notes(
+    routing_worker: subprocess.Popen[bytes],
+    producer: Celery,
+    fleet_settings: Settings,
+    pg: Factory,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+) -> None:
+    with linked(simulator, fleet_settings, pg, redis_client, producer) as rig:
         # Outbound: accept → outbox → owner → simulator → the client's phone.
-        sent = producer.send_task(
-            SEND_MESSAGE_TASK,
-            kwargs={
-                "tenant_id": str(tenant_id),
-                "instance_id": str(instance_id),
-                "to": CLIENT,
-                "text": "Seu horário está confirmado",
-                "idempotency_key": "appt-1",
-            },
-        ).get(WAIT)
-
-        def client_inbox() -> list[dict[str, Any]]:
-            return list(http.get(f"/control/accounts/{CLIENT}/messages").json())
-
-        received = poll("the client's phone got it", client_inbox)
+        sent = rig.send(CLIENT, "Seu horário está confirmado")
+        received = poll("the client's phone got it", lambda: rig.inbox(CLIENT))
         assert [(m["id"], m["text"]) for m in received] == [
             (sent["wa_message_id"], "Seu horário está confirmado")
         ]
@@ -184,22 +227,22 @@ def test_link_send_receive_and_notes(
         )
 
         # Inbound from a client → contact + message + pending booking.
-        assert http.post(
+        assert rig.http.post(
             f"/control/accounts/{CLIENT}/messages",
             json={"to": OWNER, "text": "Obrigado! Posso levar minha filha?"},
         ).status_code in (200, 201)
         # The owner's own phone writes to the client → a note (sent "from me").
-        assert http.post(
+        assert rig.http.post(
             f"/control/accounts/{OWNER}/messages",
             json={"to": CLIENT, "text": "lembrar: cadeira extra"},
         ).status_code in (200, 201)
 
-        def counts() -> tuple[int, int, int, int]:
+        def counts() -> tuple[int, ...]:
             with pg() as s:
                 return tuple(
                     int(s.scalar(select(func.count()).select_from(m)) or 0)
                     for m in (Contact, Message, Booking, Note)
-                )  # type: ignore[return-value]
+                )
 
         poll("inbound routed", lambda: counts() == (1, 1, 1, 1))
         with pg() as s:
@@ -207,12 +250,54 @@ def test_link_send_receive_and_notes(
             assert contact.phone_number == CLIENT
             assert s.scalars(select(Message.body)).one() == "Obrigado! Posso levar minha filha?"
             assert s.scalars(select(Note.body)).one() == "lembrar: cadeira extra"
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
-        http.close()
+
+
+def test_463_pauses_the_instance_until_resumed(
+    routing_worker: subprocess.Popen[bytes],
+    producer: Celery,
+    fleet_settings: Settings,
+    pg: Factory,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+) -> None:
+    """A 463 ack (reach-out timelock) pauses the instance's outbound: the row keeps its code,
+    nothing else leaves; once the restriction is gone and outbound resumed, both go out."""
+    with linked(simulator, fleet_settings, pg, redis_client, producer) as rig:
+        assert (
+            rig.http.post(
+                "/control/faults", json={"kind": "ack_error", "phone": CLIENT, "code": 463}
+            ).status_code
+            == 200
+        )
+        first = rig.send(CLIENT, "primeira")
+        poll("instance paused", lambda: rig.instance().outbound_paused)
+        assert rig.instance().pause_reason == "463"
+        second = rig.send(CLIENT, "segunda")
+        with pg() as s:
+            row = s.scalars(
+                select(OutboxMessage).where(OutboxMessage.wa_message_id == first["wa_message_id"])
+            ).one()
+            assert (row.status, row.last_error_code, row.attempts) == (
+                OutboxStatus.QUEUED,
+                "463",
+                1,
+            )
+        assert rig.inbox(CLIENT) == []
+        assert (
+            rig.http.post(
+                "/control/faults", json={"kind": "ack_error", "phone": CLIENT, "off": True}
+            ).status_code
+            == 200
+        )
+        with pg.begin() as s:  # resume outbound, and make the retry due now (not in 5 s)
+            s.execute(
+                update(Instance)
+                .where(Instance.id == rig.instance_id)
+                .values(outbound_paused=False, pause_reason=None)
+            )
+            s.execute(update(OutboxMessage).values(next_attempt_at=OutboxMessage.created_at))
+        rig.send(CLIENT, "primeira")  # a repeat wakes the owner (same row, same id)
+        got = poll(
+            "both delivered in order", lambda: box if len(box := rig.inbox(CLIENT)) == 2 else None
+        )
+        assert [m["id"] for m in got] == [first["wa_message_id"], second["wa_message_id"]]
