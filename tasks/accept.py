@@ -30,11 +30,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from protocol.core.message import generate_message_id
 from storage.errors import Conflict, InvalidValue
-from storage.models import Instance, OutboxMessage, Tenant, utcnow
+from storage.models import Instance, OutboxMessage, OutboxStatus, Tenant, utcnow
 from storage.phone import parse_phone
 from storage.repositories import outbox
 from tasks.app import app
@@ -199,6 +200,27 @@ def _result(row: OutboxMessage, created: bool) -> dict[str, Any]:
 def _wake(instance_id: uuid.UUID, outbox_ids: list[int]) -> None:
     for outbox_id in outbox_ids:
         app.send_task(DELIVER_TASK, args=[outbox_id], queue=out_queue(instance_id))
+
+
+def wake_instance(instance_id: uuid.UUID) -> bool:
+    """Wake the instance's owner if it has unsent messages (e.g. after outbound is resumed).
+
+    One wake-up for the oldest open row is enough: the actor rescans the whole backlog.
+    """
+    with current().sessions() as s:
+        oldest = s.scalar(
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.instance_id == instance_id,
+                OutboxMessage.status.in_((OutboxStatus.QUEUED, OutboxStatus.SENDING)),
+            )
+            .order_by(OutboxMessage.id)
+            .limit(1)
+        )
+    if oldest is None:
+        return False
+    _wake(instance_id, [oldest])
+    return True
 
 
 def accept(tenant_id: object, instance_id: object, item: dict[str, Any]) -> dict[str, Any]:

@@ -580,3 +580,27 @@ def test_tenant_names_are_unique_ids(client: TestClient) -> None:
     assert_error(r, 400, "invalid_request")
     r = client.post("/v1/tenants", json={"name": f"n-{uuid.uuid4().hex}"}, headers=ADMIN)
     assert r.status_code == 201
+
+
+def test_resuming_outbound_wakes_the_owner(
+    client: TestClient,
+    tenant: TenantHandle,
+    redis_client: redis.Redis,
+    gateway_settings: Settings,
+) -> None:
+    url = f"/v1/instances/{tenant.instance_id}"
+    queue = f"{gateway_settings.redis_prefix}:{out_queue(tenant.instance_id)}"
+    r = client.patch(url, json={"outbound_paused": True}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert _send(client, tenant, {"to": "5511988887777", "text": "held"}).status_code == 202
+
+    def depth() -> int:
+        length: Any = redis_client.llen(queue)
+        return int(length)
+
+    before = depth()
+    r = client.patch(url, json={"outbound_paused": False}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert depth() == before + 1  # the owner rescans its backlog now
+    r = client.patch(url, json={"outbound_paused": False}, headers=tenant.headers)
+    assert depth() == before + 1  # not paused: nothing to wake

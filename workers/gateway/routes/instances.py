@@ -13,6 +13,7 @@ from storage.db import conflicts_wrapped
 from storage.errors import Conflict
 from storage.models import Instance
 from storage.repositories import instances as instance_repo
+from tasks.accept import wake_instance
 from workers.gateway import auth, schemas, state
 from workers.gateway.errors import ApiError, error_responses
 
@@ -99,7 +100,9 @@ def update_instance(
                     details={"field": "pacing.max_gap"},
                 )
             inst.pacing = pacing or None
+        resumed = False
         if "outbound_paused" in given and body.outbound_paused is not None:
+            resumed = inst.outbound_paused and not body.outbound_paused
             inst.outbound_paused = body.outbound_paused
             inst.pause_reason = (
                 (body.pause_reason or PAUSED_BY_API) if body.outbound_paused else None
@@ -116,7 +119,10 @@ def update_instance(
                 "this tenant already has an instance with this name",
                 details={"field": "name"},
             ) from None
-        return instance_out(inst)
+        out = instance_out(inst)
+    if resumed:  # after commit: the owner's actor must see the instance resumed
+        wake_instance(instance_id)
+    return out
 
 
 @router.delete("/{instance_id}", status_code=204)
