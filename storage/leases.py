@@ -163,8 +163,9 @@ class Leases:
                 )
             ).all()
             return [
-                Lease(r.instance_id, owner, r.token, r.expires_at)  # type: ignore[arg-type]
+                Lease(r.instance_id, owner, r.token, r.expires_at)
                 for r in rows
+                if r.expires_at is not None
             ]
 
 

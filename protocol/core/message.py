@@ -408,86 +408,31 @@ def media_message(
 def _media(message: e2e_pb2.Message) -> Media:
     kind = media_type_of(message)
     assert kind is not None  # only called when one of _MEDIA_FIELDS is set
-    if message.HasField("imageMessage"):
-        m = message.imageMessage
-        return Media(
-            media_type=kind,
-            mimetype=_str(m.mimetype),
-            url=_str(m.url),
-            direct_path=_str(m.directPath),
-            media_key=m.mediaKey,
-            file_sha256=m.fileSha256,
-            file_enc_sha256=m.fileEncSha256,
-            file_length=m.fileLength,
-            media_key_timestamp=m.mediaKeyTimestamp,
-            caption=_str(m.caption) if m.HasField("caption") else None,
-            width=m.width if m.HasField("width") else None,
-            height=m.height if m.HasField("height") else None,
-            quote=_quote(m.contextInfo) if m.HasField("contextInfo") else None,
-        )
-    if message.HasField("videoMessage"):
-        v = message.videoMessage
-        return Media(
-            media_type=kind,
-            mimetype=_str(v.mimetype),
-            url=_str(v.url),
-            direct_path=_str(v.directPath),
-            media_key=v.mediaKey,
-            file_sha256=v.fileSha256,
-            file_enc_sha256=v.fileEncSha256,
-            file_length=v.fileLength,
-            media_key_timestamp=v.mediaKeyTimestamp,
-            caption=_str(v.caption) if v.HasField("caption") else None,
-            width=v.width if v.HasField("width") else None,
-            height=v.height if v.HasField("height") else None,
-            seconds=v.seconds if v.HasField("seconds") else None,
-            quote=_quote(v.contextInfo) if v.HasField("contextInfo") else None,
-        )
-    if message.HasField("audioMessage"):
-        a = message.audioMessage
-        return Media(
-            media_type=kind,
-            mimetype=_str(a.mimetype),
-            url=_str(a.url),
-            direct_path=_str(a.directPath),
-            media_key=a.mediaKey,
-            file_sha256=a.fileSha256,
-            file_enc_sha256=a.fileEncSha256,
-            file_length=a.fileLength,
-            media_key_timestamp=a.mediaKeyTimestamp,
-            seconds=a.seconds if a.HasField("seconds") else None,
-            quote=_quote(a.contextInfo) if a.HasField("contextInfo") else None,
-        )
-    if message.HasField("documentMessage"):
-        d = message.documentMessage
-        return Media(
-            media_type=kind,
-            mimetype=_str(d.mimetype),
-            url=_str(d.url),
-            direct_path=_str(d.directPath),
-            media_key=d.mediaKey,
-            file_sha256=d.fileSha256,
-            file_enc_sha256=d.fileEncSha256,
-            file_length=d.fileLength,
-            media_key_timestamp=d.mediaKeyTimestamp,
-            caption=_str(d.caption) if d.HasField("caption") else None,
-            file_name=_str(d.fileName) if d.HasField("fileName") else None,
-            quote=_quote(d.contextInfo) if d.HasField("contextInfo") else None,
-        )
-    s = message.stickerMessage
+    field = next(name for name in _MEDIA_FIELDS if message.HasField(name))  # type: ignore[arg-type]
+    m: Any = getattr(message, field)
+    declared = m.DESCRIPTOR.fields_by_name
+
+    def optional(name: str) -> Any:
+        """The field if this media kind declares it and the sender set it (SPEC §6.5)."""
+        return getattr(m, name) if name in declared and m.HasField(name) else None
+
+    caption, file_name = optional("caption"), optional("fileName")
     return Media(
         media_type=kind,
-        mimetype=_str(s.mimetype),
-        url=_str(s.url),
-        direct_path=_str(s.directPath),
-        media_key=s.mediaKey,
-        file_sha256=s.fileSha256,
-        file_enc_sha256=s.fileEncSha256,
-        file_length=s.fileLength,
-        media_key_timestamp=s.mediaKeyTimestamp,
-        width=s.width if s.HasField("width") else None,
-        height=s.height if s.HasField("height") else None,
-        quote=_quote(s.contextInfo) if s.HasField("contextInfo") else None,
+        mimetype=_str(m.mimetype),
+        url=_str(m.url),
+        direct_path=_str(m.directPath),
+        media_key=m.mediaKey,
+        file_sha256=m.fileSha256,
+        file_enc_sha256=m.fileEncSha256,
+        file_length=m.fileLength,
+        media_key_timestamp=m.mediaKeyTimestamp,
+        caption=None if caption is None else _str(caption),
+        file_name=None if file_name is None else _str(file_name),
+        width=optional("width"),
+        height=optional("height"),
+        seconds=optional("seconds"),
+        quote=_quote(m.contextInfo) if m.HasField("contextInfo") else None,
     )
 
 

@@ -342,15 +342,7 @@ class NoiseInitiator:
         self._expect(HandshakeState.HELLO_SENT, HandshakeStep.SERVER_HELLO)
         self.state = HandshakeState.FAILED
         step = HandshakeStep.SERVER_HELLO
-        try:
-            hs = parse(HandshakeMessage, message)
-        except DecodeError as exc:
-            raise HandshakeError(
-                "malformed handshake message",
-                step=step,
-                reason="malformed",
-                cause=dict(exc.details),
-            ) from None
+        hs = _parse_handshake(message, step)
         if not hs.HasField("serverHello"):
             raise HandshakeError("not a ServerHello", step=step, reason="missing_server_hello")
         sh = hs.serverHello
@@ -452,15 +444,7 @@ class NoiseResponder:
         self._expect(HandshakeState.START, HandshakeStep.CLIENT_HELLO)
         self.state = HandshakeState.FAILED
         step = HandshakeStep.CLIENT_HELLO
-        try:
-            hs = parse(HandshakeMessage, message)
-        except DecodeError as exc:
-            raise HandshakeError(
-                "malformed handshake message",
-                step=step,
-                reason="malformed",
-                cause=dict(exc.details),
-            ) from None
+        hs = _parse_handshake(message, step)
         if not hs.HasField("clientHello"):
             raise HandshakeError("not a ClientHello", step=step, reason="missing_client_hello")
         ephemeral = hs.clientHello.ephemeral
@@ -500,15 +484,7 @@ class NoiseResponder:
         self._expect(HandshakeState.SERVER_HELLO_SENT, HandshakeStep.CLIENT_FINISH)
         self.state = HandshakeState.FAILED
         step = HandshakeStep.CLIENT_FINISH
-        try:
-            hs = parse(HandshakeMessage, message)
-        except DecodeError as exc:
-            raise HandshakeError(
-                "malformed handshake message",
-                step=step,
-                reason="malformed",
-                cause=dict(exc.details),
-            ) from None
+        hs = _parse_handshake(message, step)
         if not hs.HasField("clientFinish"):
             raise HandshakeError("not a ClientFinish", step=step, reason="missing_client_finish")
         cf = hs.clientFinish
@@ -547,3 +523,13 @@ class NoiseResponder:
         self.state = HandshakeState.DONE
         transport = NoiseTransport(TransportCipher(server_send), TransportCipher(client_send))
         return ClientFinished(client_static, payload, client_payload, transport)
+
+
+def _parse_handshake(message: bytes, step: HandshakeStep) -> HandshakeMessage:
+    """Parse one handshake message; garbage is a HandshakeError naming the step."""
+    try:
+        return parse(HandshakeMessage, message)
+    except DecodeError as exc:
+        raise HandshakeError(
+            "malformed handshake message", step=step, reason="malformed", cause=dict(exc.details)
+        ) from None

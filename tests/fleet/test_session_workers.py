@@ -6,7 +6,6 @@ hold a session of the same instance open."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -221,4 +220,3 @@ def test_ownership_scaling_handover_and_crash_takeover(
     fleet.stop("w1", signal.SIGKILL)  # crash: no handover, its leases must expire
     wait_until("w2 took over after lease expiry", settled(fleet, ["w2"]), lambda: describe(fleet))
     assert fleet.violations() == []  # never two open sessions of one instance
-    os.environ.pop("WAFLEET_PROBE_NODE", None)

@@ -52,7 +52,7 @@ from storage.bus import EventBus
 from storage.crypto import Keyring
 from storage.keystore import SqlKeyStore
 from storage.leases import database_clock
-from storage.models import Instance, InstanceStatus, utcnow
+from storage.models import DeviceCredentials, Instance, InstanceStatus, utcnow
 from storage.repositories.instances import update_fenced
 from tasks.app import app
 from tasks.events import publish_event
@@ -164,15 +164,13 @@ class WhatsAppSession:
     # -- internals -------------------------------------------------------------------------------
 
     def _load(self) -> tuple[Instance, bool]:
+        """The instance row, and whether it is linked (device credentials are stored)."""
         with self._deps.sessions() as s:
             instance = s.get(Instance, self._ctx.instance_id)
             if instance is None:
                 raise LookupError("instance vanished")
-            s.expunge(instance)
-        from storage.models import DeviceCredentials
-
-        with self._deps.sessions() as s:
             linked = s.get(DeviceCredentials, self._ctx.instance_id) is not None
+            s.expunge(instance)
         return instance, linked
 
     def _pacer(self, instance: Instance) -> Pacer:
