@@ -18,6 +18,7 @@ from tasks.queues import (
     DELIVER_TASK,
     HOUSEKEEPING_QUEUE,
     INBOUND_QUEUE,
+    INSTANCE_COMMAND_TASK,
     MESSAGE_STATUS_TASK,
     ROUTE_INBOUND_TASK,
     SEND_BULK_TASK,
@@ -77,11 +78,13 @@ def celery_config(
         "task_routes": {
             SEND_MESSAGE_TASK: {"queue": ACCEPT_QUEUE},
             SEND_BULK_TASK: {"queue": ACCEPT_QUEUE},
+            INSTANCE_COMMAND_TASK: {"queue": ACCEPT_QUEUE},
             ROUTE_INBOUND_TASK: {"queue": INBOUND_QUEUE},
             MESSAGE_STATUS_TASK: {"queue": INBOUND_QUEUE},
             "wafleet.webhooks.*": {"queue": WEBHOOKS_QUEUE},
             "wafleet.housekeeping.*": {"queue": HOUSEKEEPING_QUEUE},
-            # DELIVER_TASK has no static route: the producer names wa.out.<instance_id>.
+            # DELIVER_TASK has no static route: the producer names wa.out.<instance_id>; nor
+            # has wafleet.session_command: it names the owner's wa.session.<worker_id>.
         },
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,

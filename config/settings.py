@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=10, ge=1, description="attempts before `dead`")
     webhook_max_inflight: int = Field(default=2, ge=1, description="concurrent posts/endpoint")
 
+    # --- media sends ---------------------------------------------------------------------
+    media_allow_private: bool = Field(
+        default=False, description="allow loopback/private media URLs (SSRF guard off)"
+    )
+    media_fetch_timeout: float = Field(default=30.0, gt=0, description="s to fetch a media URL")
+
     # --- WhatsApp ------------------------------------------------------------------------
     wa_server_url: str = Field(default=WHATSAPP_WS_URL)
     wa_root_key: str = Field(default=WHATSAPP_ROOT_KEY_HEX, description="Noise root key, hex")

@@ -86,6 +86,13 @@ class KeyStore(Protocol):
     def put_sender_keys(self, records: Mapping[str, bytes]) -> None: ...
     def delete_sender_keys(self, names: Sequence[str]) -> None: ...
 
+    # decrypted inbound messages the application has not confirmed yet, by message id: written
+    # in the same transaction as the ratchet step that decrypted them, so a redelivery after a
+    # crash (which can no longer be decrypted) is handed out again (SPEC §15.2, DESIGN §3.7)
+    def get_inbox(self, message_ids: Sequence[str]) -> dict[str, bytes]: ...
+    def put_inbox(self, records: Mapping[str, bytes]) -> None: ...
+    def delete_inbox(self, message_ids: Sequence[str]) -> None: ...
+
 
 class _Missing:
     __slots__ = ()
@@ -114,6 +121,7 @@ class MemoryKeyStore:
             "signed": {},
             "sender": {},
             "meta": {},
+            "inbox": {},
         }
         self._undo: list[dict[_Key, object]] = []
 
@@ -159,6 +167,22 @@ class MemoryKeyStore:
         rows = self._tables[table]
         with self._lock:
             return {k: rows[k] for k in keys if k in rows}
+
+    # -- whole-store copy (the simulator's `--data` persistence) -------------------------------
+
+    def export_rows(self) -> dict[str, list[tuple[object, object]]]:
+        """Every row, table by table; keys are str or int, values bytes, bool or int."""
+        with self._lock:
+            return {name: list(rows.items()) for name, rows in self._tables.items()}
+
+    def import_rows(self, tables: Mapping[str, Sequence[tuple[object, object]]]) -> None:
+        """Replace the content with rows from `export_rows` (unknown tables are an error)."""
+        with self._lock:
+            for name in tables:
+                if name not in self._tables:
+                    raise KeyError(name)
+            for name, rows in tables.items():
+                self._tables[name] = dict(rows)
 
     # -- device ------------------------------------------------------------------------------
 
@@ -280,6 +304,21 @@ class MemoryKeyStore:
         with self._lock:
             for name in names:
                 self._set("sender", name, _MISSING)
+
+    # -- unconfirmed inbound messages ----------------------------------------------------------
+
+    def get_inbox(self, message_ids: Sequence[str]) -> dict[str, bytes]:
+        return _typed(self._get_many("inbox", message_ids))
+
+    def put_inbox(self, records: Mapping[str, bytes]) -> None:
+        with self._lock:
+            for message_id, record in records.items():
+                self._set("inbox", message_id, bytes(record))
+
+    def delete_inbox(self, message_ids: Sequence[str]) -> None:
+        with self._lock:
+            for message_id in message_ids:
+                self._set("inbox", message_id, _MISSING)
 
 
 def _typed(rows: dict[object, object]) -> dict[str, bytes]:

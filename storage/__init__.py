@@ -5,6 +5,7 @@ creation from a URL (storage.db), small repository functions per aggregate
 (storage.repositories), AES-256-GCM envelope encryption of per-instance secrets
 (storage.crypto), the encrypted SQL `KeyStore` (storage.keystore), instance leases with fencing
 tokens and fleet membership (storage.leases), the per-tenant Redis event streams (storage.bus),
+the QR / pairing code an instance is showing (storage.linking, Redis with TTL),
 E.164 phone numbers (storage.phone), and the storage error tree (storage.errors:
 `StorageError`, `Conflict`, `NotFound`, `KeyUnavailable`, `InvalidValue`; `IntegrityError`
 never escapes).

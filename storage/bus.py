@@ -6,7 +6,9 @@ the event id. Session workers and routing tasks publish; the gateway reads with 
 reconnecting client resumes after its last event id for as long as the stream retains it
 (trimmed to about `maxlen` entries per tenant). Event types are the gateway's names:
 `whatsapp:qr`, `whatsapp:pairing-code`, `whatsapp:connected`, `whatsapp:disconnected`,
-`whatsapp:logged-out`, `whatsapp:qr-exhausted`, `whatsapp:message`, `whatsapp:message-status`.
+`whatsapp:logged-out`, `whatsapp:qr-exhausted`, `whatsapp:message`, `whatsapp:message-status`,
+and the booking events `booking:created` (inbound routing opened a contact's pending booking) and
+`booking:updated` (a booking's status changed; data carries `status` and `previous_status`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ SENDER_KEY = "sender_key"
 META = "meta"
 NEXT_PREKEY_ID = "next_prekey_id"
 DEVICE = "device"
+INBOX = "inbox"
 
 
 def _num(key_id: int) -> str:
@@ -204,6 +205,17 @@ class SqlKeyStore:
 
     def delete_sender_keys(self, names: Sequence[str]) -> None:
         self._delete(SENDER_KEY, names)
+
+    # -- unconfirmed inbound messages ----------------------------------------------------------
+
+    def get_inbox(self, message_ids: Sequence[str]) -> dict[str, bytes]:
+        return self._get(INBOX, message_ids)
+
+    def put_inbox(self, records: Mapping[str, bytes]) -> None:
+        self._put(INBOX, records)
+
+    def delete_inbox(self, message_ids: Sequence[str]) -> None:
+        self._delete(INBOX, message_ids)
 
     # -- one-time prekeys ----------------------------------------------------------------------
 

@@ -119,6 +119,21 @@ class LinkMethod(enum.StrEnum):
     CODE = "code"
 
 
+class DesiredState(enum.StrEnum):
+    """What an instance's owner must make true (instance commands, tasks.commands).
+
+    auto        connect if linked (device credentials stored), else hold no socket
+    connect     connect; if not linked, link by `link_method` (QR, or a code for `link_phone`)
+    disconnect  hold no socket (credentials kept) until the next connect
+    logout      remove the companion at the server and destroy the device credentials
+    """
+
+    AUTO = "auto"
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    LOGOUT = "logout"
+
+
 class Direction(enum.StrEnum):
     IN = "in"
     OUT = "out"
@@ -209,6 +224,11 @@ class Instance(Base):
         _enum(InstanceStatus, "instance_status"), default=InstanceStatus.CREATED
     )
     link_method: Mapped[LinkMethod | None] = mapped_column(_enum(LinkMethod, "link_method"))
+    desired_state: Mapped[DesiredState] = mapped_column(
+        _enum(DesiredState, "desired_state"), default=DesiredState.AUTO, server_default="auto"
+    )
+    link_phone: Mapped[str | None] = mapped_column(String(15))  # pairing-code link target
+    command_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     wa_jid: Mapped[str | None] = mapped_column(String(64))  # own device JID once linked
     wa_lid: Mapped[str | None] = mapped_column(String(64))
     outbound_paused: Mapped[bool] = mapped_column(Boolean, default=False)

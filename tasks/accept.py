@@ -198,8 +198,10 @@ def _result(row: OutboxMessage, created: bool) -> dict[str, Any]:
 
 
 def _wake(instance_id: uuid.UUID, outbox_ids: list[int]) -> None:
-    for outbox_id in outbox_ids:
-        app.send_task(DELIVER_TASK, args=[outbox_id], queue=out_queue(instance_id))
+    for outbox_id in outbox_ids:  # the instance id spares the owner a lookup per wake-up
+        app.send_task(
+            DELIVER_TASK, args=[outbox_id, str(instance_id)], queue=out_queue(instance_id)
+        )
 
 
 def wake_instance(instance_id: uuid.UUID) -> bool:

@@ -1,5 +1,10 @@
 """Recording fleet events: the webhook outbox rows (in the caller's transaction) and the
-per-tenant Redis stream (after commit). Event types are listed in storage.bus."""
+per-tenant Redis stream (after commit). Event types are listed in storage.bus.
+
+Booking events: `booking:created` when inbound routing opens a contact's pending booking,
+`booking:updated` when a booking's status changes (the gateway's confirm/cancel). Their data is
+`booking_data(booking)`; their event ids are derived from the booking (and its new status), so a
+redelivered task or a repeated decision records no second webhook delivery."""
 
 from __future__ import annotations
 
@@ -10,8 +15,31 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.bus import EventBus
-from storage.models import WebhookEndpoint
+from storage.models import Booking, WebhookEndpoint
 from storage.repositories.webhooks import enqueue_delivery
+
+BOOKING_CREATED = "booking:created"
+BOOKING_UPDATED = "booking:updated"
+
+
+def booking_data(booking: Booking, previous_status: str | None = None) -> dict[str, Any]:
+    """The JSON data of a booking event."""
+    data: dict[str, Any] = {
+        "id": booking.id,
+        "contact_id": booking.contact_id,
+        "status": booking.status.value,
+        "source": booking.source,
+        "first_message_id": booking.first_message_id,
+        "message_count": booking.message_count,
+    }
+    if previous_status is not None:
+        data["previous_status"] = previous_status
+    return data
+
+
+def booking_event_id(event_type: str, booking: Booking) -> str:
+    """A booking's status changes once per status at most: the id names both."""
+    return f"{event_type}:{booking.id}:{booking.status.value}"
 
 
 def wants(endpoint: WebhookEndpoint, event_type: str, instance_id: uuid.UUID | None) -> bool:

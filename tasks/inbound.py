@@ -5,8 +5,10 @@ WhatsApp. Routing then writes, in ONE transaction:
   * the instance owner's own messages (sent from the phone, or "from me") → an internal note;
   * any other sender → contact upsert (phone number and LID, merged), the message, and one open
     pending booking per contact (source `whatsapp`), plus webhook outbox rows;
-and publishes the event on the tenant's stream after commit. Every write is idempotent through
-unique constraints, so a redelivered task stores nothing twice and publishes nothing twice.
+and publishes the events on the tenant's stream after commit: `whatsapp:message`, and
+`booking:created` when the message opened the contact's pending booking. Every write is
+idempotent through unique constraints, so a redelivered task stores nothing twice and publishes
+nothing twice.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from storage.models import Instance, OutboxMessage, OutboxStatus, utcnow
+from storage.models import Booking, Instance, OutboxMessage, OutboxStatus, utcnow
 from storage.repositories import contacts, inbound
 from tasks.app import app
 from tasks.errors import Rejected
-from tasks.events import record_webhooks
+from tasks.events import BOOKING_CREATED, booking_data, booking_event_id, record_webhooks
 from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_TASK
 from tasks.runtime import current
 from tasks.webhooks import enqueue as enqueue_webhooks
@@ -80,6 +82,7 @@ def route(msg: InboundMessage) -> dict[str, Any]:
         raise Rejected("unknown_instance", "instance id is not a UUID") from None
     when = datetime.fromtimestamp(msg.timestamp, UTC)
     event_id = f"in:{instance_id}:{msg.wa_message_id}"
+    booking_event: tuple[str, dict[str, Any]] | None = None  # (event id, data): a booking opened
     with rt.sessions.begin() as s:
         instance = s.get(Instance, instance_id)
         if instance is None or instance.deleted_at is not None:
@@ -88,6 +91,7 @@ def route(msg: InboundMessage) -> dict[str, Any]:
                 "inbound message %s for unknown or deleted instance %s",
                 msg.wa_message_id,
                 instance_id,
+                extra={"instance_id": str(instance_id)},
             )
             raise Rejected("unknown_instance", "inbound message for an unknown instance")
         tenant_id = instance.tenant_id
@@ -126,13 +130,20 @@ def route(msg: InboundMessage) -> dict[str, Any]:
             )
             kind = "message"
             if stored.created:
-                inbound.attach_to_pending_booking(
+                opened = inbound.attach_to_pending_booking(
                     s,
                     tenant_id=tenant_id,
                     contact_id=contact.id,
                     instance_id=instance_id,
                     message_id=stored.id,
                 )
+                if opened.created:
+                    booking = s.get(Booking, opened.id)
+                    assert booking is not None  # just inserted in this transaction
+                    booking_event = (
+                        booking_event_id(BOOKING_CREATED, booking),
+                        booking_data(booking),
+                    )
         data = {
             "kind": kind,
             "id": msg.wa_message_id,
@@ -145,13 +156,22 @@ def route(msg: InboundMessage) -> dict[str, Any]:
             "contact_id": contact_id,
         }
         deliveries: list[int] = []
+        if booking_event is not None:
+            deliveries += record_webhooks(
+                s,
+                tenant_id=tenant_id,
+                event_id=booking_event[0],
+                event_type=BOOKING_CREATED,
+                instance_id=instance_id,
+                data=booking_event[1],
+            )
         if stored.created:
             s.execute(
                 update(Instance)
                 .where(Instance.id == instance_id)
                 .values(messages_received=Instance.messages_received + 1)
             )
-            deliveries = record_webhooks(
+            deliveries += record_webhooks(
                 s,
                 tenant_id=tenant_id,
                 event_id=event_id,
@@ -161,7 +181,9 @@ def route(msg: InboundMessage) -> dict[str, Any]:
             )
     if stored.created:
         rt.bus.publish(tenant_id, MESSAGE_EVENT, instance_id, data)
-        enqueue_webhooks(deliveries)
+    if booking_event is not None:
+        rt.bus.publish(tenant_id, BOOKING_CREATED, instance_id, booking_event[1])
+    enqueue_webhooks(deliveries)
     return {"kind": kind, "id": stored.id, "created": stored.created}
 
 

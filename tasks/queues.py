@@ -10,6 +10,7 @@ INBOUND_QUEUE = "wa.inbound"  # routing of received messages into Postgres
 WEBHOOKS_QUEUE = "wa.webhooks"  # webhook deliveries from the outbox
 HOUSEKEEPING_QUEUE = "wa.housekeeping"  # beat-driven sweeps
 OUT_QUEUE_PREFIX = "wa.out."  # one queue per instance, consumed only by its owner
+SESSION_QUEUE_PREFIX = "wa.session."  # one queue per session worker (instance commands)
 
 SEND_MESSAGE_TASK = "wafleet.send_message"
 SEND_BULK_TASK = "wafleet.send_bulk"
@@ -19,8 +20,16 @@ MESSAGE_STATUS_TASK = "wafleet.message_status"
 WEBHOOK_DELIVER_TASK = "wafleet.webhooks.deliver"
 WEBHOOK_SWEEP_TASK = "wafleet.housekeeping.webhook_sweep"
 WEBHOOK_REPLAY_TASK = "wafleet.webhooks.replay"
+INSTANCE_COMMAND_TASK = "wafleet.instance_command"  # public: connect/disconnect/logout
+SESSION_COMMAND_TASK = "wafleet.session_command"  # internal: "apply the instance's command"
+CHECK_NUMBER_TASK = "wafleet.check_number"  # internal: is a number on WhatsApp (via the owner)
 
 
 def out_queue(instance_id: object) -> str:
     """The per-instance outbound queue, `wa.out.<instance_id>` (DESIGN §3.4)."""
     return f"{OUT_QUEUE_PREFIX}{instance_id}"
+
+
+def session_queue(worker_id: str) -> str:
+    """A session worker's own queue, `wa.session.<worker_id>` (instance commands)."""
+    return f"{SESSION_QUEUE_PREFIX}{worker_id}"

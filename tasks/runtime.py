@@ -33,6 +33,13 @@ class Runtime:
     # returns False when this process does not own the instance (the wake-up is then dropped:
     # the owner works from the outbox, DESIGN §3.3).
     deliver_hook: Callable[[uuid.UUID, int], bool] | None = None
+    # Session workers only: makes the instance's session apply its durable command state
+    # (tasks.commands); False when this process does not own the instance.
+    command_hook: Callable[[uuid.UUID], bool] | None = None
+    # Session workers only: asks WhatsApp (usync, through the instance's session) whether a
+    # number has an account; None when this process does not own it or it is not connected.
+    number_hook: Callable[[uuid.UUID, str], bool | None] | None = None
+    worker_id: str | None = None  # the session worker's id (its `wa.session.<id>` queue)
 
 
 _current: Runtime | None = None

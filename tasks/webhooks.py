@@ -225,7 +225,11 @@ def _reschedule(delivery_id: int, seconds: float) -> None:
 
 def enqueue(delivery_ids: list[int]) -> None:
     for delivery_id in delivery_ids:
-        app.send_task(WEBHOOK_DELIVER_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+        # Fire and forget (the outcome is the delivery row): no result subscription, which the
+        # Redis backend would otherwise open per calling thread.
+        app.send_task(
+            WEBHOOK_DELIVER_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE, ignore_result=True
+        )
 
 
 def due_deliveries(limit: int = SWEEP_BATCH) -> list[int]:

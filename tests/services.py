@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -64,3 +68,35 @@ def ensure_reference_packages() -> Path:
             unavailable(f"npm ci in tests/interop failed: {proc.stderr[-2000:]}")
         marker.touch()
     return INTEROP_DIR
+
+
+def _rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        unavailable("rabbitmqctl not on PATH (needed for a per-run RabbitMQ vhost)")
+    proc = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        unavailable(f"rabbitmqctl {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+
+
+@contextmanager
+def rabbitmq_vhost(name: str) -> Iterator[str]:
+    """A fresh RabbitMQ vhost for one test run (its queues vanish with it); yields its AMQP URL.
+
+    RabbitMQ has no key prefix (kombu's `global_keyprefix` is Redis-only), so a run is isolated
+    by its own vhost, created and deleted with `rabbitmqctl` (the management plugin is not
+    needed). Missing RabbitMQ follows the fail-don't-skip rule above.
+    """
+    parts = urlsplit(RABBITMQ_URL)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        unavailable(f"RabbitMQ at {host}:{port}: {exc}")
+    user = parts.username or "guest"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
+    finally:
+        _rabbitmqctl("delete_vhost", name)

@@ -7,6 +7,7 @@ state lives in `<WAFLEET_DATA_DIR>/celerybeat-schedule`.
 
 from __future__ import annotations
 
+from config.logging import celery_flags
 from config.settings import Settings
 from workers.routing import configure_producer
 
@@ -18,6 +19,7 @@ def run_beat(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.start(
         [
+            *celery_flags(settings),
             "beat",
             "--loglevel",
             settings.log_level,

@@ -32,6 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
 from protocol.core.errors import WhatsAppError
 from storage import migrations
@@ -255,6 +256,7 @@ def cmd_keys_rotate(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
     from workers.routing import run_routing_worker
 
+    configure_logging(ctx.settings, "routing", worker_id=args.hostname)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     run_routing_worker(
         ctx.settings,
@@ -268,6 +270,7 @@ def cmd_worker_routing(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_gateway(ctx: Context, args: argparse.Namespace) -> None:
     from workers.gateway import run_gateway
 
+    configure_logging(ctx.settings, "gateway")
     run_gateway(ctx.settings)
 
 
@@ -344,25 +347,29 @@ async def _link(
 
 
 def cmd_worker_session(ctx: Context, args: argparse.Namespace) -> None:
-    from workers.session.worker import run_session_worker
+    from workers.session.worker import run_session_worker, worker_id
 
+    node_id = args.node_id or worker_id()  # named here so that every log line carries it
+    configure_logging(ctx.settings, "session", worker_id=node_id)
     run_session_worker(
         ctx.settings,
         factory_path=args.session_factory,
         concurrency=args.concurrency,
-        node_id=args.node_id,
+        node_id=node_id,
     )
 
 
 def cmd_beat(ctx: Context, args: argparse.Namespace) -> None:
     from workers.beat import run_beat
 
+    configure_logging(ctx.settings, "beat")
     run_beat(ctx.settings)
 
 
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from workers.demo import DemoFailed, run_demo
 
+    configure_logging(ctx.settings, "demo")
     try:
         run_demo(ctx.settings, ctx.out)
     except DemoFailed as exc:

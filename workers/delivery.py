@@ -51,7 +51,8 @@ PERMANENT_CODES = frozenset(
     {
         "not_on_whatsapp",  # usync found no account for the number
         "invalid_payload",
-        "media_unavailable",  # the media URL could not be fetched or was too large
+        "media_unavailable",  # the media URL answered 3xx/4xx or is refused by the SSRF guard
+        "media_too_large",  # the media is larger than its kind's limit
         "logged_out",  # the device was removed: nothing can be sent until relinked
         "400",
         "406",

@@ -171,6 +171,7 @@ def _run(
             "WAFLEET_REDIS_PREFIX": DEMO_PREFIX,
             "WAFLEET_MASTER_KEY": base64.b64encode(master).decode(),
             "WAFLEET_LOG_LEVEL": "INFO",
+            "WAFLEET_LOG_FORMAT": settings.log_format,  # the children log like the demo
             "WAFLEET_REBALANCE_INTERVAL": "0.5",
         }
     )

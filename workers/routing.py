@@ -14,6 +14,7 @@ import redis
 from celery.signals import worker_process_init
 
 from config.celery import STATIC_QUEUES, celery_config
+from config.logging import celery_flags
 from config.settings import EMBEDDED, Settings, SettingsError
 from storage.bus import EventBus
 from storage.crypto import Keyring
@@ -23,7 +24,7 @@ from tasks.app import app, configure
 
 logger = logging.getLogger(__name__)
 
-TASK_MODULES = ("tasks.accept", "tasks.inbound", "tasks.webhooks")
+TASK_MODULES = ("tasks.accept", "tasks.commands", "tasks.inbound", "tasks.webhooks")
 
 
 def resolve_urls(settings: Settings) -> tuple[str, str]:
@@ -90,6 +91,7 @@ def run_routing_worker(
     if pool != "prefork":
         runtime.configure(build_runtime(settings))
     argv = [
+        *celery_flags(settings),
         "worker",
         "--queues",
         ",".join(queues or STATIC_QUEUES),

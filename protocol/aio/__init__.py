@@ -6,7 +6,8 @@ logout or device removal) and `ClientOptions`. Store work (the `Connection` call
 synchronous `KeyStore`) runs in `asyncio.to_thread`, one call at a time.
 
 Events are the `protocol.client.events` values, re-exported here: `Qr`, `PairingCode`,
-`Paired`, `Connected`, `Disconnected`, `LoggedOut`, `Message`, `Receipt`, `MessageStatus`.
+`Paired`, `Connected`, `Disconnected`, `LoggedOut`, `Message`, `Receipt`, `MessageStatus`,
+`Undecryptable`.
 
 Must not import: protocol.simulator, storage, tasks, workers, config. protocol.core must never
 import this package.
@@ -16,6 +17,7 @@ Entry point: `Client`.
 
 from protocol.aio.client import Client, ClientError, ClientOptions
 from protocol.client.events import (
+    NOT_ON_WHATSAPP,
     Connected,
     Disconnected,
     DisconnectReason,
@@ -28,9 +30,11 @@ from protocol.client.events import (
     Qr,
     Receipt,
     Status,
+    Undecryptable,
 )
 
 __all__ = [
+    "NOT_ON_WHATSAPP",
     "Client",
     "ClientError",
     "ClientOptions",
@@ -46,4 +50,5 @@ __all__ = [
     "Qr",
     "Receipt",
     "Status",
+    "Undecryptable",
 ]

@@ -30,6 +30,7 @@ from websockets.typing import Origin
 
 from protocol.client import events as ev
 from protocol.client.connection import Connection, ConnectionState
+from protocol.client.retry import RetryCache
 from protocol.core.binary import Node
 from protocol.core.errors import WhatsAppError
 from protocol.core.inject import Clock, Rng
@@ -54,7 +55,7 @@ MAX_MESSAGE = 1 << 24  # SPEC §2.1 read limit
 MAX_BACKOFF_EXPONENT = 30  # keeps base · 2^attempt finite; the cap applies long before
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the server's close frame
 HTTP_OK = 200
-TICK = 1.0  # seconds between Connection.tick calls (QR rotation, IQ expiry, keepalive checks)
+TICK = 1.0  # shortest sleep of the timer task (QR rotation, IQ expiry, keepalive checks)
 
 _T = TypeVar("_T")
 
@@ -83,6 +84,10 @@ class ClientOptions:
     dict_version: int = 3
     media_scheme: str = "https"  # the simulator's media endpoint is plain http
     media_timeout: float = 60.0
+    # How many of `now`'s seconds pass per real second: 1 for the wall clock; a test that runs
+    # the client on an accelerated clock (QR rounds in seconds) says how fast, so the timer's
+    # sleeps, computed on `now`, are scaled to real time.
+    clock_rate: float = 1.0
 
 
 class Client:
@@ -109,7 +114,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._iqs: dict[str, asyncio.Future[Node | None]] = {}
-        self._inbox: dict[str, ev.Message] = {}  # decrypted, not yet confirmed (see Connection)
+        self._retry = RetryCache()  # sent plaintexts and retry counts (protocol.client.retry)
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
         self.connections = 0
@@ -170,8 +175,10 @@ class Client:
         mimetype: str,
         caption: str | None = None,
         file_name: str | None = None,
+        message_id: str | None = None,
     ) -> str:
-        """Encrypt, upload (SPEC §11.3–§11.4) and send a media message; returns its id."""
+        """Encrypt, upload (SPEC §11.3–§11.4) and send a media message; returns its id
+        (`message_id` fixes it, as for `send_text`)."""
         info = MEDIA_TYPES[kind]
         if info.upload_path is None or info.mediatype_attr is None:
             raise ClientError("not a message media kind", reason="bad_media", kind=kind.value)
@@ -204,7 +211,7 @@ class Client:
             caption=caption,
             file_name=file_name,
         )
-        return await self._call(lambda c: c.send_message(to, message))
+        return await self._call(lambda c: c.send_message(to, message, message_id))
 
     async def download(self, media: Media) -> bytes:
         """Fetch and decrypt a received media message's file (SPEC §11.5)."""
@@ -250,6 +257,34 @@ class Client:
         if node.attr("type") == "error":
             raise ClientError("IQ error", reason="iq_error", node=node)
         return node
+
+    async def on_whatsapp(self, digits: str, seconds: float = 0) -> bool | None:
+        """Whether the number `digits` (E.164 without '+') has a WhatsApp account: a usync
+        `contact` query (SPEC §13.3, "Other usync protocols"; Baileys
+        `src/WAUSync/Protocols/USyncContactProtocol.ts`), answered `type="in"` or `"out"`.
+        None when the answer names no contact; `ClientError` on timeout or an error reply."""
+        usync = Node(
+            "usync",
+            {
+                "sid": self._rng(8).hex(),
+                "mode": "query",
+                "context": "interactive",
+                "index": "0",
+                "last": "true",
+            },
+            [
+                Node("query", {}, [Node("contact")]),
+                Node("list", {}, [Node("user", {}, [Node("contact", {}, f"+{digits}")])]),
+            ],
+        )
+        node = await self.query("usync", "get", [usync], seconds=seconds)
+        result = node.child("usync")
+        users = result.child("list") if result is not None else None
+        for user in users.children_by_tag("user") if users is not None else ():
+            contact = user.child("contact")
+            if contact is not None:
+                return contact.attr("type") == "in"
+        return None
 
     async def _call(self, fn: Callable[[Connection], _T]) -> _T:
         conn = self._conn
@@ -322,7 +357,7 @@ class Client:
                 dict_version=opts.dict_version,
                 prekey_upload_count=opts.prekey_upload_count,
                 iq_timeout=opts.iq_timeout,
-                inbox=self._inbox,
+                retry=self._retry,
             )
             return conn, conn.data_to_send()
 
@@ -384,7 +419,7 @@ class Client:
         self._lost = False
         last_ping = self._now()
         while True:
-            await asyncio.sleep(TICK)  # a periodic timer, not synchronisation
+            await asyncio.sleep(self._tick_delay(conn, last_ping))  # a timer, not a sync
             now = self._now()
             if conn.state is ConnectionState.CONNECTED:
                 if now - conn.last_received > opts.keepalive_interval + opts.keepalive_grace:
@@ -396,17 +431,35 @@ class Client:
                     last_ping = now
                     with contextlib.suppress(ClientError):
                         await self._call(lambda c: c.send_ping())
-            async with self._lock:
+            due = conn.next_deadline()
+            if due is not None and due <= now:  # otherwise `tick` has nothing to do
+                async with self._lock:
 
-                def tick() -> tuple[list[bytes], list[ev.Event]]:
-                    conn.tick()
-                    return conn.data_to_send(), conn.events()
+                    def tick() -> tuple[list[bytes], list[ev.Event]]:
+                        conn.tick()
+                        return conn.data_to_send(), conn.events()
 
-                out, events = await asyncio.to_thread(tick)
-            await self._flush(conn, out, events)
+                    out, events = await asyncio.to_thread(tick)
+                await self._flush(conn, out, events)
             if conn.closed:
                 await ws.close()
                 return
+
+    def _tick_delay(self, conn: Connection, last_ping: float) -> float:
+        """Sleep until the next ping, keepalive check or `Connection` deadline (at least
+        `TICK`): an idle session wakes once per keepalive interval, not once a second. A
+        deadline created while asleep is at least `iq_timeout` away, hence that bound."""
+        opts = self.options
+        now = self._now()
+        wake = [
+            last_ping + opts.keepalive_interval,
+            conn.last_received + opts.keepalive_interval + opts.keepalive_grace,
+            now + opts.iq_timeout,
+        ]
+        due = conn.next_deadline()
+        if due is not None:
+            wake.append(due)
+        return max(TICK, (min(wake) - now) / opts.clock_rate)
 
     async def _flush(
         self, conn: Connection, out: list[bytes], events: list[ev.Event]

@@ -3,8 +3,9 @@
 Owns: `Connection` (python-websockets style: `receive_data(bytes)`, `events()`,
 `data_to_send()`, with `rng` and `now` injected) for one socket's life — intro + Noise
 handshake, registration or login payload, node framing, IQ ids, QR and pairing-code pairing,
-prekeys, sending and receiving 1:1 text, receipts, stream errors — the typed events it emits
-(`events.py`) and the persisted device credentials (`device.py`).
+prekeys, sending and receiving 1:1 text, receipts and retry receipts, stream errors — the
+typed events it emits (`events.py`), the persisted device credentials (`device.py`) and the
+bounded memory retry receipts need (`retry.py`: recent sent plaintexts, retry counts).
 
 It sits outside protocol.core because it calls the synchronous `KeyStore` through
 protocol.signal_store (protocol.core must not import the store); it is still sans-I/O: no
@@ -20,6 +21,7 @@ Entry points: `Connection`, `Device`, the event classes.
 from protocol.client.connection import Connection, ConnectionState
 from protocol.client.device import Device, load_or_create_device
 from protocol.client.events import (
+    NOT_ON_WHATSAPP,
     Connected,
     Disconnected,
     DisconnectReason,
@@ -33,9 +35,11 @@ from protocol.client.events import (
     Qr,
     Receipt,
     Status,
+    Undecryptable,
 )
 
 __all__ = [
+    "NOT_ON_WHATSAPP",
     "Connected",
     "Connection",
     "ConnectionState",
@@ -52,5 +56,6 @@ __all__ = [
     "Qr",
     "Receipt",
     "Status",
+    "Undecryptable",
     "load_or_create_device",
 ]

@@ -8,7 +8,8 @@ One `Connection` serves one socket: intro + Noise (SPEC §2, §3) → registrati
 QR refs, pair-success, 515, SPEC §8) or login (success, prekeys, SPEC §7, §12) → steady
 state: IQs matched by id, 1:1 text send (usync → prekey bundles → fan-out with
 DeviceSentMessage to our own devices → ack, SPEC §13), receive (decrypt → `Message` event; the
-receipt is sent only after `confirm(id)`, SPEC §15), receipts, notifications, stream errors
+receipt is sent only after `confirm(id)`, SPEC §15; until then the plaintext waits in the store's
+inbox, so a redelivery after a crash is handed out again), receipts, notifications, stream errors
 (SPEC §7.6). A stanza that cannot be understood is logged and dropped; the session goes on.
 
     HANDSHAKE ──ServerHello/ClientFinish──► PAIRING ──pair-success──► (515) CLOSED
@@ -20,6 +21,7 @@ Must not import: asyncio, socket, time, os, random, secrets, threading, websocke
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,6 +30,7 @@ from typing import ClassVar
 from protocol import signal_store
 from protocol.client import events as ev
 from protocol.client.device import Device, load_or_create_device
+from protocol.client.retry import MAX_RETRIES, RetryCache
 from protocol.core import curve
 from protocol.core.binary import BinaryCodec, Node
 from protocol.core.errors import (
@@ -122,6 +125,8 @@ class _Outgoing:
     to: JID
     message: e2e_pb2.Message = field(repr=False)
     devices: list[JID] = field(default_factory=list)
+    retry_count: int = 0  # > 0: a resend for one device after its retry receipt (SPEC §15.4)
+    recipient: str | JID | None = None  # the retry receipt's `recipient`, copied back
 
 
 @dataclass(slots=True)
@@ -158,13 +163,11 @@ class Connection:
         dict_version: int = 3,
         prekey_upload_count: int = INITIAL_PREKEY_COUNT,
         iq_timeout: float = IQ_TIMEOUT,
-        inbox: dict[str, ev.Message] | None = None,
+        retry: RetryCache | None = None,
     ) -> None:
         self._store = store
-        # Decrypted messages not yet confirmed, shared by the caller across reconnects: a
-        # redelivery cannot be decrypted twice (the ratchet moved on), so it is re-emitted
-        # from here. Lost with the process: see README "confirm".
-        self._inbox: dict[str, ev.Message] = {} if inbox is None else inbox
+        # Sent plaintexts and retry counts (SPEC §15.4), also shared across reconnects.
+        self._retry = RetryCache() if retry is None else retry
         self._rng = rng
         self._now = now
         self._config = config
@@ -319,6 +322,15 @@ class Connection:
         if self.state is ConnectionState.PAIRING and self._qr_refs and now >= self._qr_expires:
             self._next_qr()
 
+    def next_deadline(self) -> float | None:
+        """When `tick` next has work (an IQ or ack timing out, the QR rotating); None: never.
+        Lets an idle session sleep instead of ticking every second."""
+        deadlines = [p.deadline for p in self._pending.values()]
+        deadlines += self._awaiting_ack.values()
+        if self.state is ConnectionState.PAIRING and self._qr_refs:
+            deadlines.append(self._qr_expires)
+        return min(deadlines, default=None)
+
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, node: Node) -> None:
@@ -394,6 +406,9 @@ class Connection:
             out = pending.context
             assert isinstance(out, _Outgoing)
             code = _error_code(node) if node is not None else 408
+            if out.retry_count:  # the original send succeeded; only this resend failed
+                log.warning("no prekeys to answer the retry of %s: %s", out.id, code)
+                return
             self._events.append(ev.MessageStatus(out.id, ev.Status.ERROR, code))
 
     # ------------------------------------------------------------------ pairing (SPEC §8, §9)
@@ -636,6 +651,7 @@ class Connection:
         chat = _user_jid(to)
         msg_id = message_id or generate_message_id(self._now, self._rng, me.user)
         out = _Outgoing(msg_id, chat, message)
+        self._retry.remember(msg_id, chat, message, self._now())
         users = [Node("user", {"jid": chat})]
         if chat.user != me.user:
             users.append(Node("user", {"jid": me.to_non_ad()}))
@@ -675,6 +691,19 @@ class Connection:
                 if jid.user == me.user and jid.device == me.device:
                     continue
                 devices.append(jid)
+        own_users = {me.user} | ({self.device.lid.user} if self.device.lid is not None else set())
+        if (
+            not out.retry_count
+            and out.to.user not in own_users
+            and not any(d.user not in own_users for d in devices)
+        ):
+            # Every account has at least its primary, device 0 (SPEC §5.2, §13.3): no device for the
+            # recipient means the number is not on WhatsApp. Nothing is sent (Baileys would send
+            # to our own devices only and get a server ack for a message nobody can receive).
+            self._events.append(
+                ev.MessageStatus(out.id, ev.Status.ERROR, reason=ev.NOT_ON_WHATSAPP)
+            )
+            return
         out.devices = devices
         missing = [
             d for d in devices if not signal_store.has_session(self._store, str(d.signal_address()))
@@ -712,6 +741,8 @@ class Connection:
         device = self.device
         me = device.jid
         assert me is not None
+        if not out.devices and out.retry_count:
+            return
         peer_plain = encode_message(out.message, self._rng)
         own_plain = encode_message(wrap_for_own_devices(out.message, str(out.to)), self._rng)
         addresses: dict[str, JID] = {}
@@ -731,19 +762,30 @@ class Connection:
             enc_attrs = {"v": "2", "type": enc_type}
             if mediatype:
                 enc_attrs["mediatype"] = mediatype
+            if out.retry_count:
+                enc_attrs["count"] = str(out.retry_count)
             participants.append(
                 Node("to", {"jid": addresses[address]}, [Node("enc", enc_attrs, enc.body)])
             )
-        content = [Node("participants", {}, participants)]
-        if any_pkmsg and device.account is not None:
-            content.append(Node("device-identity", {}, device.account))
         attrs: dict[str, str | JID] = {
             "id": out.id,
             "to": out.to,
             "type": stanza_type(out.message).value,
         }
+        if out.retry_count:
+            # SPEC §15.4: the same id, straight to the one device, no fan-out.
+            content = list(participants[0].children) if participants else []
+            attrs["to"] = out.devices[0]
+            attrs["device_fanout"] = "false"
+            if out.recipient is not None:
+                attrs["recipient"] = out.recipient
+        else:
+            content = [Node("participants", {}, participants)]
+        if any_pkmsg and device.account is not None:
+            content.append(Node("device-identity", {}, device.account))
         self.send_node(Node("message", attrs, content))
-        self._awaiting_ack[out.id] = self._now() + self._iq_timeout
+        if not out.retry_count:  # a resend's ack is not a new status
+            self._awaiting_ack[out.id] = self._now() + self._iq_timeout
 
     def _on_ack(self, node: Node) -> None:
         cls = node.attr("class")
@@ -773,28 +815,39 @@ class Connection:
         own_users = {me.user} | ({device.lid.user} if device.lid is not None else set())
         from_me = sender.user in own_users
         chat = parse_jid(recipient).to_non_ad() if recipient else sender.to_non_ad()
-        content = None
+        address = str(sender.signal_address())
+        inbox_key = _inbox_key(msg_id)
+        plaintext: bytes | None = None
         duplicate = False
+        failed = False
         for enc in node.children_by_tag("enc"):
             enc_type = enc.attr("type") or ""
             if enc_type not in ("pkmsg", "msg") or not isinstance(enc.content, bytes):
                 continue
             try:
-                inbound = signal_store.decrypt(
-                    self._store,
-                    str(sender.signal_address()),
-                    enc_type,
-                    enc.content,
-                    device.identity,
-                    self._rng,
-                )
+                # The ratchet step and the plaintext commit together: after a crash before
+                # confirm(), the redelivery (which no longer decrypts) is served from the store.
+                with self._store.transaction():
+                    inbound = signal_store.decrypt(
+                        self._store, address, enc_type, enc.content, device.identity, self._rng
+                    )
+                    self._store.put_inbox({inbox_key: _inbox_record(address, inbound)})
             except DuplicateMessage:
                 duplicate = True
+                stored = self._store.get_inbox([inbox_key]).get(inbox_key)
+                plaintext = _inbox_plaintext(stored, address)
+                if plaintext is not None:
+                    break
                 continue
             except DecryptionError as exc:
                 log.warning("message %s from %s did not decrypt: %s", msg_id, sender, exc.code)
+                failed = True
                 continue
-            unwrapped = unwrap_device_sent(decode_message(inbound.plaintext))
+            plaintext = inbound.plaintext
+            break
+        content = None
+        if plaintext is not None:
+            unwrapped = unwrap_device_sent(decode_message(plaintext))
             if from_me and unwrapped.destination_jid:
                 chat = parse_jid(unwrapped.destination_jid).to_non_ad()
             content = extract_content(unwrapped.message)
@@ -808,15 +861,14 @@ class Connection:
             receipt_attrs["recipient"] = parse_jid(recipient)
         receipt = Node("receipt", receipt_attrs)
         if content is None:
-            earlier = self._inbox.get(msg_id) if duplicate else None
-            if earlier is not None:  # decrypted before, never confirmed: hand it out again
-                self._unconfirmed[msg_id] = _PendingReceipt(receipt)
-                self._events.append(replace(earlier, offline=node.attr("offline") is not None))
-            elif duplicate:  # decrypted and confirmed before: just receipt it again
+            if duplicate:  # decrypted and confirmed before: just receipt it again
                 self.send_node(receipt)
+            elif failed:
+                self._request_retry(node, sender, chat)
             else:
                 self._nack(node, NACK_UNRECOGNIZED if not node.child("enc") else NACK_UNHANDLED)
             return
+        self._retry.forget_count(msg_id)
         self._unconfirmed[msg_id] = _PendingReceipt(receipt)
         message = ev.Message(
             id=msg_id,
@@ -828,12 +880,96 @@ class Connection:
             push_name=node.attr("notify"),
             offline=node.attr("offline") is not None,
         )
-        self._inbox[msg_id] = message
         self._events.append(message)
+
+    def _request_retry(self, node: Node, sender: JID, chat: JID) -> None:
+        """Ask the sender device to re-encrypt a message we could not decrypt (SPEC §15.4)."""
+        msg_id = node.attr("id") or ""
+        count = self._retry.next_count(msg_id)
+        if count > MAX_RETRIES:
+            self._retry.forget_count(msg_id)
+            log.warning("message %s from %s given up after %d retries", msg_id, sender, MAX_RETRIES)
+            self._nack(node, NACK_UNHANDLED)
+            self._events.append(ev.Undecryptable(msg_id, chat, sender, MAX_RETRIES))
+            return
+        attrs: dict[str, str | JID] = {"id": msg_id, "to": sender, "type": "retry"}
+        for name in ("participant", "recipient"):
+            value = node.attrs.get(name)
+            if value is not None:
+                attrs[name] = value
+        if node.attr("category") == "peer":
+            attrs["category"] = "peer"
+        identity = self.device.identity
+        retry = Node(
+            "retry", {"count": str(count), "id": msg_id, "t": node.attr("t") or "0", "v": "1"}
+        )
+        content = [retry, Node("registration", {}, identity.registration_id.to_bytes(4, "big"))]
+        if count > 1:  # SPEC §15.4: from the second retry on, hand the sender a fresh bundle
+            content.append(self._retry_keys())
+        self.send_node(Node("receipt", attrs, content))
+
+    def _retry_keys(self) -> Node:
+        device = self.device
+        with self._store.transaction():
+            fresh = signal_store.generate_prekeys(self._store, 1, self._rng)[0]
+            # Handed to the sender directly: never upload it to the server as well.
+            self._store.mark_prekeys_uploaded([fresh.id])
+            spk = signal_store.signed_prekey(self._store, device.identity, self._rng)
+        content = [
+            Node("type", {}, bytes([curve.DJB_TYPE])),
+            Node("identity", {}, device.identity.public),
+            _key_node(fresh.id, fresh.key_pair.public),
+            _skey_node(spk),
+        ]
+        if device.account is not None:
+            content.append(Node("device-identity", {}, device.account))
+        return Node("keys", {}, content)
+
+    def _on_retry_receipt(self, node: Node, requester: JID) -> None:
+        """A device could not decrypt a message we sent: re-encrypt it for that device only
+        (SPEC §15.4; Baileys `sendMessagesAgain`, whatsmeow `handleRetryReceipt`)."""
+        msg_id = node.attr("id") or ""
+        retry = node.child("retry")
+        count = int(retry.attr("count") or 1) if retry is not None else 1
+        me = self.device.jid
+        assert me is not None
+        if requester.user == me.user and requester.device == me.device:
+            return
+        sent = self._retry.lookup(msg_id, self._now())
+        if sent is None:
+            log.warning("retry receipt for %s, which is no longer cached: not resent", msg_id)
+            return
+        if count > MAX_RETRIES:
+            log.warning("retry %d for %s from %s ignored", count, msg_id, requester)
+            return
+        out = _Outgoing(
+            msg_id,
+            sent.to,
+            sent.message,
+            devices=[requester],
+            retry_count=count,
+            recipient=node.attrs.get("recipient"),
+        )
+        keys_node = node.child("keys")
+        if keys_node is not None:
+            bundle = _parse_bundle(keys_node, registration=node.child("registration"))
+            signal_store.build_session(
+                self._store,
+                str(requester.signal_address()),
+                bundle,
+                self.device.identity,
+                self._rng,
+            )
+            self._encrypt_and_send(out)
+            return
+        # No bundle: the peer may have lost our session; start a new one from fresh prekeys
+        # (Baileys `assertSessions(..., force)`).
+        user = Node("user", {"jid": requester})
+        self._send_iq(_IqKind.KEYS, "encrypt", "get", [Node("key", {}, [user])], out)
 
     def confirm(self, message_id: str) -> bool:
         """The application stored `message_id`: send its delivery receipt (SPEC §15.2)."""
-        self._inbox.pop(message_id, None)
+        self._store.delete_inbox([_inbox_key(message_id)])
         pending = self._unconfirmed.pop(message_id, None)
         if pending is None:
             return False
@@ -865,6 +1001,9 @@ class Connection:
             ack["participant"] = participant
         self.send_node(Node("ack", ack))
         self._events.append(ev.Receipt(tuple(ids), sender, receipt_type, int(node.attr("t") or 0)))
+        if receipt_type == "retry":
+            self._on_retry_receipt(node, sender)
+            return
         status = RECEIPT_STATUS.get(receipt_type)
         if status is not None:
             for msg_id in ids:
@@ -934,6 +1073,30 @@ def _error_code(node: Node) -> int:
     return int(code) if code and code.isdigit() else 500
 
 
+_INBOX_KEY_MAX = 128  # longer ids (never seen from WhatsApp) are stored under their digest
+
+
+def _inbox_key(message_id: str) -> str:
+    if len(message_id) <= _INBOX_KEY_MAX:
+        return message_id
+    return "sha256:" + hashlib.sha256(message_id.encode()).hexdigest()
+
+
+def _inbox_record(address: str, inbound: signal_store.Inbound) -> bytes:
+    """The sender's Signal address (so another sender reusing the id gets nothing) + plaintext."""
+    name = address.encode()
+    return len(name).to_bytes(2, "big") + name + inbound.plaintext
+
+
+def _inbox_plaintext(record: bytes | None, address: str) -> bytes | None:
+    if record is None or len(record) < 2:
+        return None
+    size = int.from_bytes(record[:2], "big")
+    if record[2 : 2 + size] != address.encode():
+        return None
+    return record[2 + size :]
+
+
 def _key_node(key_id: int, public: bytes) -> Node:
     return Node("key", {}, [Node("id", {}, key_id.to_bytes(3, "big")), Node("value", {}, public)])
 
@@ -950,15 +1113,16 @@ def _skey_node(spk: keys.SignedPreKey) -> Node:
     )
 
 
-def _parse_bundle(user: Node) -> keys.PreKeyBundle:
-    """A `<user>` of the prekey fetch result (SPEC §13.4), keys directly or under `<keys>`."""
+def _parse_bundle(user: Node, registration: Node | None = None) -> keys.PreKeyBundle:
+    """A `<user>` of the prekey fetch result (SPEC §13.4), keys directly or under `<keys>`;
+    or a retry receipt's `<keys>` with its sibling `registration` (SPEC §15.4)."""
     holder = user.child("keys") or user
     skey = holder.child("skey")
     if skey is None:
         raise DecodeError("bundle without skey")
     key = holder.child("key")
     return keys.PreKeyBundle(
-        registration_id=int.from_bytes(_bytes(holder.child("registration"))),
+        registration_id=int.from_bytes(_bytes(registration or holder.child("registration"))),
         identity_key=_bytes(holder.child("identity")),
         signed_prekey_id=int.from_bytes(_bytes(skey.child("id"))),
         signed_prekey=_bytes(skey.child("value")),

@@ -120,7 +120,23 @@ class MessageStatus:
 
     id: str
     status: Status
-    error: int | None = None
+    error: int | None = None  # the server's error code (e.g. 463, 479), when it gave one
+    reason: str | None = None  # a client-side failure: NOT_ON_WHATSAPP
+
+
+# `MessageStatus.reason` when usync lists no device for the recipient: the number has no account.
+NOT_ON_WHATSAPP = "not_on_whatsapp"
+
+
+@dataclass(frozen=True, slots=True)
+class Undecryptable:
+    """An incoming message that still did not decrypt after `retries` retry receipts
+    (SPEC §15.4): nothing readable arrived, it was NACKed and will not come again."""
+
+    id: str
+    chat: JID
+    sender: JID  # the sending device
+    retries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,5 +157,6 @@ Event = (
     | Message
     | Receipt
     | MessageStatus
+    | Undecryptable
     | IqResponse
 )

@@ -26,6 +26,7 @@ from protocol.store import MemoryKeyStore
 log = logging.getLogger(__name__)
 
 PHONE_PREKEYS = 100  # [inferred] a phone keeps plenty of one-time prekeys on the server
+SENT_LIMIT = 256  # messages a phone can still re-encrypt on a retry receipt (SPEC §15.4)
 PLATFORM = "android"  # SPEC §8.4 `<platform name=…>`
 
 
@@ -48,6 +49,10 @@ class Phone:
     store: MemoryKeyStore = field(repr=False)
     received: list[Received] = field(default_factory=list)
     received_ids: set[str] = field(default_factory=set, repr=False)
+    # Sent messages by id (chat user, plaintext) for retry receipts, oldest first, bounded.
+    sent: dict[str, tuple[str, bytes]] = field(default_factory=dict, repr=False)
+    retry_counts: dict[str, int] = field(default_factory=dict, repr=False)
+    undecryptable: list[str] = field(default_factory=list)
     receipts: list[dict[str, object]] = field(default_factory=list)
     next_device: int = 1
     next_key_index: int = 1
@@ -60,6 +65,12 @@ class Phone:
     @property
     def lid(self) -> JID:
         return JID(self.lid_user, HIDDEN_USER_SERVER)
+
+    def remember_sent(self, msg_id: str, chat_user: str, message: bytes) -> None:
+        self.sent.pop(msg_id, None)
+        self.sent[msg_id] = (chat_user, message)
+        while len(self.sent) > SENT_LIMIT:
+            del self.sent[next(iter(self.sent))]
 
     def bundle_keys(self, rng: Rng) -> tuple[keys.SignedPreKey, list[keys.PreKey]]:
         spk = signal_store.signed_prekey(self.store, self.identity, rng)

@@ -17,7 +17,7 @@ Control API (README "Simulator control API"):
     POST /control/accounts/{phone}/devices/{n}/logout     unlink companion n (401 device_removed)
     POST /control/faults {"kind", …}                      latency|drop|stall|stream_error|
                                                           iq_error|refuse_login|ack_error|
-                                                          garbage|clear
+                                                          garbage|corrupt|forget_session|clear
     GET  /control/stats                                   counters
 
 Must not import: storage, tasks, workers, config, protocol.aio.
@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 from types import TracebackType
 
 from websockets.frames import Frame, Opcode
@@ -40,6 +41,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from protocol import signal_store
 from protocol.core import curve
 from protocol.core.binary import Node
 from protocol.core.errors import FrameError, HandshakeError, WhatsAppError
@@ -47,6 +49,7 @@ from protocol.core.inject import Clock, CountingRng, Rng
 from protocol.core.jid import DEFAULT_USER_SERVER, JID, parse_jid
 from protocol.core.media import decode_upload_token
 from protocol.core.noise import ClientFinished, make_cert_chain
+from protocol.simulator import persist
 from protocol.simulator.session import ServerConnection
 from protocol.simulator.world import ControlError, FaultKind, World
 
@@ -59,6 +62,7 @@ MAX_BODY = 64 * 1024 * 1024
 CERT_VALIDITY = 10 * 365 * 86400
 READ_SIZE = 65536
 STOP_GRACE = 5.0
+SAVE_INTERVAL = 0.5  # seconds between `--data` saves while something changed
 _CLOSE = b""
 
 
@@ -146,23 +150,32 @@ class Simulator:
         port: int = 0,
         seed: bytes | None = None,
         now: Clock = time.time,
+        data_dir: str | Path | None = None,
     ) -> None:
         self.host = host
         self._port = port
         self._now = now
         self.rng: Rng = CountingRng(seed) if seed is not None else os.urandom
         self.world = World(rng=self.rng, now=now)
-        self.root = curve.generate_keypair(self.rng)
-        self._static = curve.generate_keypair(self.rng)
-        intermediate = curve.generate_keypair(self.rng)
-        issued = int(now())
-        self.cert_chain = make_cert_chain(
-            root_private=self.root.private,
-            intermediate=intermediate,
-            server_static=self._static.public,
-            not_before=issued - 86400,
-            not_after=issued + CERT_VALIDITY,
-        )
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        saved = None if self.data_dir is None else persist.load(self.data_dir)
+        if saved is not None:  # --data: the same root key, accounts, devices and queues
+            self.root, self._static, self.cert_chain = persist.restore_keys(saved)
+            persist.restore_world(self.world, saved["world"])
+        else:
+            self.root = curve.generate_keypair(self.rng)
+            self._static = curve.generate_keypair(self.rng)
+            intermediate = curve.generate_keypair(self.rng)
+            issued = int(now())
+            self.cert_chain = make_cert_chain(
+                root_private=self.root.private,
+                intermediate=intermediate,
+                server_static=self._static.public,
+                not_before=issued - 86400,
+                not_after=issued + CERT_VALIDITY,
+            )
+        self._dirty = self.data_dir is not None
+        self._saver: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._peers: set[_Peer] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -190,8 +203,34 @@ class Simulator:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self._port)
         self.world.media_host = f"{self.host}:{self.port}"
+        if self.data_dir is not None:
+            self.save()
+            self._saver = asyncio.create_task(self._autosave())
+
+    def save(self) -> None:
+        """Write the state to `--data DIR` now (atomic; see protocol.simulator.persist)."""
+        if self.data_dir is None:
+            return
+        state = {
+            "format": persist.FORMAT,
+            "keys": persist.keys_state(self.root, self._static, self.cert_chain),
+            "world": persist.world_state(self.world),
+        }
+        persist.save(self.data_dir, state)
+        self._dirty = False
+
+    async def _autosave(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)  # a periodic timer, not synchronisation
+            if self._dirty:
+                self.save()
 
     async def stop(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
         if self._server is not None:
             self._server.close()
         for peer in list(self._peers):
@@ -204,6 +243,7 @@ class Simulator:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        self.save()
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -307,6 +347,8 @@ class Simulator:
         for frame in replies:
             peer.send_frame(frame)
         for item in items:
+            if self.data_dir is not None and not _is_ping(item):  # keepalives change nothing
+                self._dirty = True
             if isinstance(item, ClientFinished):
                 self.world.on_hello(peer, item)
             else:
@@ -327,6 +369,7 @@ class Simulator:
             _respond(writer, 413, {"error": "body too large"})
             return
         body = await reader.readexactly(length) if length else b""
+        self._dirty = self.data_dir is not None
         try:
             status, payload = self.route(method, path, body)
         except ControlError as exc:
@@ -443,6 +486,14 @@ class Simulator:
                     peer.send_node(Node("stream:error", {"code": str(code or 503)}))
                     self.world.disconnect(peer)
                     peer.close()
+        elif kind is FaultKind.CORRUPT:
+            target = str(self.world.resolve(parse_jid(device)))
+            faults.corrupt[target] = int(str(data.get("count", 1)))
+        elif kind is FaultKind.FORGET_SESSION:
+            owner = self.world.phone(str(data["phone"]))
+            address = str(self.world.resolve(parse_jid(str(data["peer"]))).signal_address())
+            affected = int(signal_store.has_session(owner.store, address))
+            owner.store.delete_sessions([address])
         elif kind is FaultKind.IQ_ERROR:
             faults.iq_errors[str(data["xmlns"])] = code or 500
         elif kind is FaultKind.REFUSE_LOGIN:
@@ -458,6 +509,10 @@ class Simulator:
             else:
                 faults.ack_errors[phone] = code or 463
         return {"kind": kind.value, "affected": affected, "faults": asdict(faults)}
+
+
+def _is_ping(item: ClientFinished | Node) -> bool:
+    return isinstance(item, Node) and item.tag == "iq" and item.attr("xmlns") == "w:p"
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:

@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
 from protocol import signal_store
 from protocol.core import curve
 from protocol.core.binary import Node
@@ -26,7 +28,7 @@ from protocol.core.message import encode_message, generate_message_id, wrap_for_
 from protocol.core.noise import ClientFinished
 from protocol.core.pairing import adv, link_code
 from protocol.core.pairing.qr import parse_qr
-from protocol.core.proto import e2e_pb2
+from protocol.core.proto import e2e_pb2, signal_pb2
 from protocol.core.signal import keys
 from protocol.core.signal.session import MessageType
 from protocol.simulator.phone import PLATFORM, Phone, Received, new_phone
@@ -38,6 +40,7 @@ QR_FIRST_TIMEOUT = 60.0  # SPEC §8.2
 QR_NEXT_TIMEOUT = 20.0
 PREKEY_LOW = 5  # SPEC §17 item 8 [inferred]: notify below the clients' refill threshold
 REF_BYTES = 18
+MAX_RETRIES = 5  # SPEC §15.4
 LID_DIGITS = 15
 
 
@@ -67,6 +70,8 @@ class FaultKind(enum.StrEnum):
     REFUSE_LOGIN = "refuse_login"
     ACK_ERROR = "ack_error"
     GARBAGE = "garbage"
+    CORRUPT = "corrupt"
+    FORGET_SESSION = "forget_session"
     CLEAR = "clear"
 
 
@@ -119,6 +124,7 @@ class Faults:
     iq_errors: dict[str, int] = field(default_factory=dict)  # xmlns → error code
     refuse_logins: dict[str, int] = field(default_factory=dict)  # phone → expire seconds
     ack_errors: dict[str, int] = field(default_factory=dict)  # destination phone → error code
+    corrupt: dict[str, int] = field(default_factory=dict)  # device jid → messages left to spoil
 
 
 @dataclass(slots=True)
@@ -133,6 +139,9 @@ class Stats:
     offline_delivered: int = 0
     bad_stanzas: int = 0
     conflicts: int = 0
+    retry_receipts: int = 0
+    corrupted: int = 0
+    undecryptable: int = 0
     max_concurrent_logins_per_device: int = 0
     delivery_counts: Counter[str] = field(default_factory=Counter)
 
@@ -157,6 +166,14 @@ class World:
         self._ids = 0
         self.media: dict[str, bytes] = {}
         self._code_waiting: list[PendingCompanion] = []
+
+    @property
+    def id_counter(self) -> int:
+        return self._ids
+
+    @id_counter.setter
+    def id_counter(self, value: int) -> None:
+        self._ids = value
 
     # ------------------------------------------------------------------ helpers
 
@@ -776,7 +793,15 @@ class World:
         to_text = node.attr("to")
         if not to_text or not msg_id:
             raise DecodeError("message without to/id")
-        chat = self.resolve(parse_jid(to_text)).to_non_ad()
+        to_jid = self.resolve(parse_jid(to_text))
+        recipient_text = node.attr("recipient")
+        # A retry resend (SPEC §15.4) goes to one device; its chat is `recipient` when the
+        # device is one of the sender's own.
+        chat = (
+            self.resolve(parse_jid(recipient_text)).to_non_ad()
+            if recipient_text
+            else to_jid.to_non_ad()
+        )
         error = self.faults.ack_errors.get(chat.user)
         ack: dict[str, str | JID] = {"class": "message", "id": msg_id, "from": chat}
         ack["t"] = self._t()
@@ -787,6 +812,9 @@ class World:
         participants = node.child("participants")
         identity = node.child("device-identity")
         self._send(peer, Node("ack", ack))  # SPEC §13.6: before any receipt can come back
+        if participants is None and node.attr("device_fanout") == "false":
+            encs = [c for c in node.children if c.tag == "enc"]
+            participants = Node("participants", {}, [Node("to", {"jid": to_jid}, encs)])
         deliveries = 0
         # Our own other devices first, then the chat's [inferred]: the own phone's `sender`
         # receipt (SERVER_ACK) then precedes the recipient's delivery receipt, so a client
@@ -827,6 +855,7 @@ class World:
         msg_id = node.attr("id") or ""
         if node.tag == "message":
             self.stats.delivery_counts[msg_id] += 1
+            node = self._maybe_corrupt(target, node)
         if target.device == 0 and target.user in self.phones:
             self._phone_receive(self.phones[target.user], node)
             return
@@ -839,18 +868,44 @@ class World:
         elif node.tag != "message":
             self.queues[target].append(node)
 
+    def _maybe_corrupt(self, target: JID, node: Node) -> Node:
+        """Fault `corrupt`: spoil the MAC of every `enc` so the device cannot decrypt it."""
+        left = self.faults.corrupt.get(str(target), 0)
+        if left <= 0:
+            return node
+        if left == 1:
+            del self.faults.corrupt[str(target)]
+        else:
+            self.faults.corrupt[str(target)] = left - 1
+        self.stats.corrupted += 1
+        content = [
+            Node(c.tag, dict(c.attrs), _spoil(c.attr("type") or "", c.content))
+            if c.tag == "enc" and isinstance(c.content, bytes)
+            else c
+            for c in node.children
+        ]
+        return Node(node.tag, dict(node.attrs), content)
+
     def _phone_receive(self, phone: Phone, node: Node) -> None:
         if node.tag == "receipt":
             phone.receipts.append(
                 {"id": node.attr("id"), "from": node.attr("from"), "type": node.attr("type")}
             )
+            sender = node.attrs.get("from")
+            if node.attr("type") == "retry" and isinstance(sender, JID):
+                self._phone_resend(phone, sender, node)
             return
         if node.tag != "message":
             return
         got = phone.decrypt(node, self._rng, self._now)
         sender = node.attrs.get("from")
-        if got is None or not isinstance(sender, JID):
+        if not isinstance(sender, JID):
             return
+        if got is None:
+            if node.child("enc") is not None:
+                self._phone_retry_request(phone, sender, node)
+            return
+        phone.retry_counts.pop(got.id, None)
         receipt: dict[str, str | JID] = {"from": phone.jid, "id": got.id, "t": self._t()}
         recipient = node.attrs.get("recipient")
         if recipient is not None:
@@ -870,8 +925,10 @@ class World:
         for i in ids:
             self.inflight[sender].pop(i, None)
         to_text = node.attr("to")
-        if not to_text or receipt_type == "retry":
+        if not to_text:
             return
+        if receipt_type == "retry":
+            self.stats.retry_receipts += 1
         target = self.resolve(parse_jid(to_text))
         targets = [target] if target.device or target in self.devices else []
         if not targets:
@@ -893,6 +950,75 @@ class World:
         if node.attr("class") == "message":  # a NACK: the device will not receipt it
             self.inflight[sender].pop(node.attr("id") or "", None)
 
+    # ------------------------------------------------------------------ retry receipts (§15.4)
+
+    def _phone_retry_request(self, phone: Phone, sender: JID, node: Node) -> None:
+        """The phone could not decrypt a message: ask the sending device to resend it."""
+        msg_id = node.attr("id") or ""
+        count = phone.retry_counts.get(msg_id, 0) + 1
+        if count > MAX_RETRIES:
+            phone.retry_counts.pop(msg_id, None)
+            phone.undecryptable.append(msg_id)
+            self.stats.undecryptable += 1
+            log.info("phone %s gave up on %s after %d retries", phone.number, msg_id, MAX_RETRIES)
+            return
+        phone.retry_counts[msg_id] = count
+        attrs: dict[str, str | JID] = {
+            "from": phone.jid,
+            "id": msg_id,
+            "t": self._t(),
+            "type": "retry",
+        }
+        recipient = node.attrs.get("recipient")
+        if recipient is not None:
+            attrs["recipient"] = recipient
+        retry_attrs = {"count": str(count), "id": msg_id, "t": node.attr("t") or "0", "v": "1"}
+        retry = Node("retry", retry_attrs)
+        registration = phone.identity.registration_id.to_bytes(4, "big")
+        content = [retry, Node("registration", {}, registration)]
+        if count > 1:  # SPEC §15.4: a fresh bundle from the second retry on
+            spk, _ = phone.bundle_keys(self._rng)
+            fresh = signal_store.generate_prekeys(phone.store, 1, self._rng)[0]
+            phone.store.mark_prekeys_uploaded([fresh.id])
+            content.append(
+                Node(
+                    "keys",
+                    {},
+                    [
+                        Node("type", {}, bytes([curve.DJB_TYPE])),
+                        Node("identity", {}, phone.identity.public),
+                        _prekey_node(fresh.id, fresh.key_pair.public),
+                        _skey_node(spk.id, spk.key_pair.public, spk.signature),
+                    ],
+                )
+            )
+        self.stats.retry_receipts += 1
+        self.deliver(sender, Node("receipt", attrs, content))
+
+    def _phone_resend(self, phone: Phone, requester: JID, receipt: Node) -> None:
+        """A device could not decrypt what the phone sent: re-encrypt it for that device."""
+        msg_id = receipt.attr("id") or ""
+        sent = phone.sent.get(msg_id)
+        retry = receipt.child("retry")
+        count = int(retry.attr("count") or 1) if retry is not None else 1
+        if sent is None or count > MAX_RETRIES:
+            log.info("phone %s cannot answer the retry of %s", phone.number, msg_id)
+            return
+        chat_user, raw = sent
+        message = e2e_pb2.Message()
+        message.ParseFromString(raw)
+        address = str(requester.signal_address())
+        keys_node = receipt.child("keys")
+        if keys_node is not None:
+            bundle: keys.PreKeyBundle | None = _retry_bundle(keys_node, receipt)
+        else:  # refetch the device's prekeys and start over (Baileys `assertSessions` force)
+            bundle = self.take_bundle(requester)
+            self._check_low(self.resolve(requester))
+        if bundle is None:
+            return
+        signal_store.build_session(phone.store, address, bundle, phone.identity, self._rng)
+        self._phone_deliver(phone, [requester], message, msg_id, chat_user, count)
+
     # ------------------------------------------------------------------ phone actions
 
     def phone_send(self, number: str, to: str, text: str) -> str:
@@ -901,13 +1027,28 @@ class World:
         target_user = "".join(ch for ch in to.split("@")[0].split(":")[0] if ch.isdigit())
         if target_user not in self.phones:
             raise ControlError(404, "no such recipient")
-        chat = JID(target_user, DEFAULT_USER_SERVER)
         message = e2e_pb2.Message()
         message.conversation = text
         msg_id = generate_message_id(self._now, self._rng, phone.number)
         targets = [d.jid for d in self.user_devices(target_user)]
         if target_user != phone.number:
             targets += [d.jid for d in self.user_devices(phone.number) if d.jid.device != 0]
+        phone.remember_sent(msg_id, target_user, message.SerializeToString())
+        self._phone_deliver(phone, targets, message, msg_id, target_user)
+        self.stats.messages_relayed += 1
+        return msg_id
+
+    def _phone_deliver(
+        self,
+        phone: Phone,
+        targets: list[JID],
+        message: e2e_pb2.Message,
+        msg_id: str,
+        target_user: str,
+        retry_count: int = 0,
+    ) -> None:
+        """Encrypt `message` for each target device (building missing sessions) and deliver."""
+        chat = JID(target_user, DEFAULT_USER_SERVER)
         peer_plain = encode_message(message, self._rng)
         own_plain = encode_message(wrap_for_own_devices(message, str(chat)), self._rng)
         plaintexts: dict[str, bytes] = {}
@@ -937,11 +1078,10 @@ class World:
             else:
                 attrs["notify"] = phone.name
             enc_type = "pkmsg" if enc.type is MessageType.PKMSG else "msg"
-            self.deliver(
-                t, Node("message", attrs, [Node("enc", {"v": "2", "type": enc_type}, enc.body)])
-            )
-        self.stats.messages_relayed += 1
-        return msg_id
+            enc_attrs = {"v": "2", "type": enc_type}
+            if retry_count:
+                enc_attrs["count"] = str(retry_count)
+            self.deliver(t, Node("message", attrs, [Node("enc", enc_attrs, enc.body)]))
 
     def phone_messages(self, number: str) -> list[Received]:
         return list(self.phone(number).received)
@@ -961,6 +1101,9 @@ class World:
             "offline_delivered": s.offline_delivered,
             "bad_stanzas": s.bad_stanzas,
             "conflicts": s.conflicts,
+            "retry_receipts": s.retry_receipts,
+            "corrupted": s.corrupted,
+            "undecryptable": s.undecryptable,
             "max_concurrent_logins_per_device": s.max_concurrent_logins_per_device,
             "online_devices": sum(1 for peers in self.online.values() if peers),
             "delivery_counts": dict(s.delivery_counts),
@@ -979,3 +1122,53 @@ def _bytes(node: Node | None) -> bytes:
 
 def _int(node: Node | None) -> int:
     return int.from_bytes(_bytes(node))
+
+
+def _spoil(enc_type: str, body: bytes) -> bytes:
+    """`body` with its Signal MAC broken (the last byte of the WhisperMessage, SPEC §10.6/10.7):
+    it still parses, and decryption fails as a bad MAC would on a real network."""
+    if not body:
+        return body
+    if enc_type == "pkmsg":
+        outer = signal_pb2.PreKeyWhisperMessage()
+        try:
+            outer.ParseFromString(body[1:])
+        except ProtobufDecodeError:
+            return body[:-1] + bytes([body[-1] ^ 0xFF])
+        if outer.message:
+            outer.message = outer.message[:-1] + bytes([outer.message[-1] ^ 0xFF])
+            return body[:1] + outer.SerializeToString()
+    return body[:-1] + bytes([body[-1] ^ 0xFF])
+
+
+def _prekey_node(key_id: int, public: bytes) -> Node:
+    return Node("key", {}, [Node("id", {}, key_id.to_bytes(3, "big")), Node("value", {}, public)])
+
+
+def _skey_node(key_id: int, public: bytes, signature: bytes) -> Node:
+    return Node(
+        "skey",
+        {},
+        [
+            Node("id", {}, key_id.to_bytes(3, "big")),
+            Node("value", {}, public),
+            Node("signature", {}, signature),
+        ],
+    )
+
+
+def _retry_bundle(keys_node: Node, receipt: Node) -> keys.PreKeyBundle:
+    """The bundle a retry receipt carries (SPEC §15.4: `<registration>` beside `<keys>`)."""
+    skey = keys_node.child("skey")
+    key = keys_node.child("key")
+    if skey is None:
+        raise DecodeError("retry keys without skey")
+    return keys.PreKeyBundle(
+        registration_id=_int(receipt.child("registration")),
+        identity_key=_bytes(keys_node.child("identity")),
+        signed_prekey_id=_int(skey.child("id")),
+        signed_prekey=_bytes(skey.child("value")),
+        signed_prekey_signature=_bytes(skey.child("signature")),
+        prekey_id=None if key is None else _int(key.child("id")),
+        prekey=None if key is None else _bytes(key.child("value")),
+    )

@@ -109,6 +109,23 @@ def delete_instance(
     return instance
 
 
+def destroy_device(session: Session, instance_id: uuid.UUID) -> bool:
+    """Forget the linked device (logout): its credentials and every Signal record go; the data
+    key stays, so the instance can be linked again. True if credentials were stored."""
+    session.execute(delete(SignalRecord).where(SignalRecord.instance_id == instance_id))
+    gone = session.execute(
+        delete(DeviceCredentials)
+        .where(DeviceCredentials.instance_id == instance_id)
+        .returning(DeviceCredentials.instance_id)
+    ).first()
+    return gone is not None
+
+
+def is_linked(session: Session, instance_id: uuid.UUID) -> bool:
+    """Whether device credentials are stored (the instance was linked and not logged out)."""
+    return session.get(DeviceCredentials, instance_id) is not None
+
+
 def update_fenced(
     session: Session, instance_id: uuid.UUID, lease: Lease, now: datetime, **values: object
 ) -> bool:

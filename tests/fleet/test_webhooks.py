@@ -84,6 +84,10 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
+# Only the message event (a client's first message also opens a booking: `booking:created`).
+MESSAGES = ["whatsapp:message"]
+
+
 def _tenant(pg: Factory, url: str, **filters: Any) -> tuple[Instance, bytes]:
     with pg.begin() as s:
         tenant = tenants.create_tenant(s, f"t-{uuid.uuid4().hex[:8]}")
@@ -124,7 +128,7 @@ def _wait_status(pg: Factory, status: DeliveryStatus, count: int = 1) -> list[We
 def test_signed_delivery(
     routing_worker: subprocess.Popen[bytes], producer: Celery, pg: Factory, receiver: Receiver
 ) -> None:
-    inst, secret = _tenant(pg, f"{receiver.base}/hook")
+    inst, secret = _tenant(pg, f"{receiver.base}/hook", types=MESSAGES)
     _inbound(producer, inst, "3EB0W1")
     path, headers, body = receiver.wait_for(1)[0]
     assert path == "/hook"
@@ -144,7 +148,7 @@ def test_retries_survive_in_the_outbox_then_dead_and_replay(
     routing_worker: subprocess.Popen[bytes], producer: Celery, pg: Factory, receiver: Receiver
 ) -> None:
     receiver.scripts["/flaky"] = [500, 503, 200]
-    inst, _ = _tenant(pg, f"{receiver.base}/flaky")
+    inst, _ = _tenant(pg, f"{receiver.base}/flaky", types=MESSAGES)
     _inbound(producer, inst, "3EB0W2")
     for attempt in (1, 2, 3):
         receiver.wait_for(attempt, "/flaky")
@@ -168,7 +172,7 @@ def test_retries_survive_in_the_outbox_then_dead_and_replay(
     assert log == [500, 503, 200]
 
     receiver.scripts["/gone"] = [410]
-    inst2, _ = _tenant(pg, f"{receiver.base}/gone")
+    inst2, _ = _tenant(pg, f"{receiver.base}/gone", types=MESSAGES)
     _inbound(producer, inst2, "3EB0W3")
     dead = _wait_status(pg, DeliveryStatus.DEAD)[0]
     assert dead.last_status_code == 410

@@ -9,10 +9,7 @@ Postgres as contact + message + pending booking; the owner's own phone message b
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 import redis
 from celery import Celery
 from sqlalchemy import func, select, update
@@ -43,38 +39,12 @@ from storage.models import (
 )
 from storage.repositories import instances, tenants
 from tasks.queues import SEND_MESSAGE_TASK
-from tests.fleet.conftest import MASTER_KEY, ROOT, log_file, worker_env
+from tests.fleet.conftest import MASTER_KEY, SESSION_FACTORY, start_session_worker, stop_process
 
 Factory = sessionmaker[Session]
 WAIT = 60.0
 OWNER = "5511990000001"
 CLIENT = "5511990000002"
-
-
-class SimulatorThread:
-    """The simulator on its own event loop thread, for subprocess workers to connect to."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.sim = Simulator()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> Simulator:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(30)
-        return self.sim
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    with SimulatorThread() as sim:
-        yield sim
 
 
 def poll(what: str, check: Any) -> Any:
@@ -97,12 +67,18 @@ class Linked:
     bus: EventBus
     pg: Factory
     producer: Celery
+    worker: subprocess.Popen[bytes]
 
     def event(self, kind: str) -> dict[str, Any] | None:
         for e in self.bus.read(self.tenant_id).events:
             if e.type == kind:
                 return e.data
         return None
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [
+            e.data for e in self.bus.read(self.tenant_id, count=100_000).events if e.type == kind
+        ]
 
     def instance(self) -> Instance:
         with self.pg() as s:
@@ -134,6 +110,9 @@ def linked(
     pg: Factory,
     redis_client: redis.Redis,
     producer: Celery,
+    *,
+    factory: str = SESSION_FACTORY,
+    overrides: dict[str, Any] | None = None,
 ) -> Iterator[Linked]:
     http = httpx.Client(base_url=simulator.http_url, timeout=WAIT)
     for phone in (OWNER, CLIENT):
@@ -153,26 +132,10 @@ def linked(
             "rebalance_interval": 0.2,
             "heartbeat_interval": 0.5,
             "wa_prekey_count": 30,
+            **(overrides or {}),
         }
     )
-    log = open(log_file("session-e2e.log"), "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "worker",
-            "session",
-            "--session-factory",
-            "workers.session.whatsapp:make_factory",
-            "--node-id",
-            "e2e",
-        ],
-        env=worker_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    worker, log = start_session_worker(settings, "e2e", "session-e2e.log", factory)
     rig = Linked(
         tenant_id,
         instance_id,
@@ -180,6 +143,7 @@ def linked(
         EventBus(redis_client, fleet_settings.redis_prefix),
         pg,
         producer,
+        worker,
     )
     try:
         qr = poll("a QR event", lambda: rig.event("whatsapp:qr"))
@@ -189,25 +153,19 @@ def linked(
         poll("instance connected", lambda: rig.instance().status is InstanceStatus.CONNECTED)
         yield rig
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
+        stop_process(worker, log)
         http.close()
 
 
 def test_link_send_receive_and_notes(
-    routing_worker: subprocess.Popen[bytes],
-    producer: Celery,
-    fleet_settings: Settings,
+    e2e_routing: subprocess.Popen[bytes],
+    e2e_producer: Celery,
+    e2e_settings: Settings,
     pg: Factory,
     redis_client: redis.Redis,
     simulator: Simulator,
 ) -> None:
-    with linked(simulator, fleet_settings, pg, redis_client, producer) as rig:
+    with linked(simulator, e2e_settings, pg, redis_client, e2e_producer) as rig:
         # Outbound: accept → outbox → owner → simulator → the client's phone.
         sent = rig.send(CLIENT, "Seu horário está confirmado")
         received = poll("the client's phone got it", lambda: rig.inbox(CLIENT))
@@ -253,16 +211,16 @@ def test_link_send_receive_and_notes(
 
 
 def test_463_pauses_the_instance_until_resumed(
-    routing_worker: subprocess.Popen[bytes],
-    producer: Celery,
-    fleet_settings: Settings,
+    e2e_routing: subprocess.Popen[bytes],
+    e2e_producer: Celery,
+    e2e_settings: Settings,
     pg: Factory,
     redis_client: redis.Redis,
     simulator: Simulator,
 ) -> None:
     """A 463 ack (reach-out timelock) pauses the instance's outbound: the row keeps its code,
     nothing else leaves; once the restriction is gone and outbound resumed, both go out."""
-    with linked(simulator, fleet_settings, pg, redis_client, producer) as rig:
+    with linked(simulator, e2e_settings, pg, redis_client, e2e_producer) as rig:
         assert (
             rig.http.post(
                 "/control/faults", json={"kind": "ack_error", "phone": CLIENT, "code": 463}

@@ -604,3 +604,14 @@ def test_resuming_outbound_wakes_the_owner(
     assert depth() == before + 1  # the owner rescans its backlog now
     r = client.patch(url, json={"outbound_paused": False}, headers=tenant.headers)
     assert depth() == before + 1  # not paused: nothing to wake
+
+
+def test_a_repeated_query_parameter_is_refused(client: TestClient, tenant: TenantHandle) -> None:
+    # One value per parameter: `?limit=3&limit=100` must not silently mean 100.
+    r = client.get("/v1/messages?limit=3&limit=100", headers=tenant.headers)
+    assert assert_error(r, 400, "invalid_request")["details"] == {"field": "limit"}
+    base = f"/v1/instances/{tenant.instance_id}/diagnose"
+    r = client.get(f"{base}?phone=3&phone=5511999990000", headers=tenant.headers)
+    assert assert_error(r, 400, "invalid_request")["details"] == {"field": "phone"}
+    ok = client.get(f"{base}?phone=5511999990000", headers=tenant.headers)
+    assert ok.status_code == 200, ok.text

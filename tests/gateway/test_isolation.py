@@ -31,6 +31,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "files": {"file": ("a.png", b"png", "image/png")},
     },
     ("PATCH", "/v1/instances/{instance_id}"): {"json": {"outbound_paused": True}},
+    ("POST", "/v1/instances/{instance_id}/connect"): {
+        "json": {"method": "code", "phone": "+5511988887777"}
+    },
     ("PATCH", "/v1/webhooks/{webhook_id}"): {"json": {"enabled": False}},
     ("POST", "/v1/tenants"): {"json": {"name": "intruder"}},
     ("PATCH", "/v1/tenants/{tenant_id}"): {"json": {"disabled": True}},
@@ -171,6 +174,8 @@ def test_another_tenant_gets_403_or_404_everywhere(
     a = {"Authorization": f"Bearer {victim_key(client, victim)}"}
     inst = client.get(f"/v1/instances/{victim['instance_id']}", headers=a).json()
     assert inst["outbound_paused"] is False
+    status = client.get(f"/v1/instances/{victim['instance_id']}/status", headers=a).json()
+    assert status["desired_state"] == "auto"  # no connect/disconnect/logout of B's reached A
     a_instances = {i["id"] for i in client.get("/v1/instances", headers=a).json()}
     assert a_instances == {victim["instance_id"]}
     b_instances = {i["id"] for i in client.get("/v1/instances", headers=intruder).json()}

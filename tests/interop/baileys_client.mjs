@@ -6,12 +6,14 @@
 //                                (delivered to us, incl. our phone's) | status (of our sends)
 //                                | receipt (raw <receipt> attributes as they arrive)
 //   receipts                     every raw receipt so far
-//   send {to, text}              sock.sendMessage; returns the message id
+//   send {to, text}              sock.sendMessage; returns the message id (kept for getMessage,
+//                                which answers retry receipts)
 //   received                     every message received so far
 //   stop                         end the socket
 // The script reconnects on 515 (restart required) with the saved creds, as Baileys' example does.
 import * as B from '@whiskeysockets/baileys'
 import { WA_CERT_DETAILS } from '@whiskeysockets/baileys/lib/Defaults/index.js'
+import { appendFileSync } from 'node:fs'
 import { serve, silentLogger } from './lineserver.mjs'
 
 // libsignal writes session notes with console.*: keep stdout for the line protocol.
@@ -20,6 +22,17 @@ for (const name of ['log', 'info', 'warn', 'debug']) {
 }
 
 const makeWASocket = B.default.default || B.default || B.makeWASocket
+// BAILEYS_LOG=<file>: Baileys' own log lines (debug level) go there, for debugging a test.
+const logFile = process.env.BAILEYS_LOG
+const logger = logFile ? fileLogger(logFile) : silentLogger
+
+function fileLogger (path) {
+  const write = level => (obj, msg) => appendFileSync(path, JSON.stringify({ level, obj, msg },
+    (_, v) => typeof v === 'bigint' ? String(v) : v) + '\n')
+  const l = { level: 'debug', child () { return l } }
+  for (const level of ['trace', 'debug', 'info', 'warn', 'error', 'fatal']) l[level] = write(level)
+  return l
+}
 let sock = null
 let options = null
 let stopped = false
@@ -27,6 +40,12 @@ const queues = { qr: [], open: [], close: [], message: [], status: [], receipt: 
 const waiters = []
 const received = []
 const rawReceipts = []
+// What this app sent, by id: Baileys' `getMessage` hook, which it calls to answer a retry
+// receipt (SPEC §15.4) when its own recent-message cache misses (it keys that by the chat,
+// while a peer device's receipt names the device).
+// A retry can arrive before sendMessage resolves: getMessage waits for the sends in flight.
+const sent = new Map()
+let sending = Promise.resolve()
 
 function push (kind, value) {
   const w = waiters.findIndex(x => x.kind === kind)
@@ -44,14 +63,14 @@ async function open () {
   sock = makeWASocket({
     waWebSocketUrl: options.url,
     auth: state,
-    logger: silentLogger,
+    logger,
     printQRInTerminal: false,
     markOnlineOnConnect: false,
     syncFullHistory: false,
     fireInitQueries: false,
     shouldSyncHistoryMessage: () => false,
     connectTimeoutMs: 20000,
-    getMessage: async () => undefined
+    getMessage: async key => { await sending; return sent.get(key.id) }
   })
   sock.ev.on('creds.update', saveCreds)
   sock.ws.on('CB:receipt', node => { rawReceipts.push(node.attrs); push('receipt', node.attrs) })
@@ -102,8 +121,10 @@ serve({
     })
   },
   async send (req) {
-    const sent = await sock.sendMessage(req.to, { text: req.text })
-    return sent.key.id
+    const pending = sock.sendMessage(req.to, { text: req.text })
+    sending = sending.then(() => pending).then(msg => { sent.set(msg.key.id, msg.message) }, () => {})
+    const msg = await pending
+    return msg.key.id
   },
   async received () { return received },
   async receipts () { return rawReceipts },

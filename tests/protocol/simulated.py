@@ -1,12 +1,17 @@
-"""Test scaffolding around the real simulator: an event reader and a linked-client factory.
+"""Test scaffolding around the real simulator: an event reader, a linked-client factory, and
+the simulator as its own process for outside clients (Baileys).
 
-No mocks: every test talks to an in-process `Simulator` on 127.0.0.1:0 over real sockets.
+No mocks: every test talks to a real simulator on 127.0.0.1:0 over real sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -75,3 +80,25 @@ async def linked_client(
     assert r.status_code == 200, r.text
     await events.next(Connected)
     return client, events, store
+
+
+@contextmanager
+def simulator_process(seed: str) -> Iterator[tuple[dict[str, Any], httpx.Client]]:
+    """`python -m protocol.simulator` as its own process (for outside clients such as Baileys):
+    yields its `/control/info` line and a control client."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", seed],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        base = info["ws_url"].removesuffix("/ws/chat").replace("ws://", "http://")
+        with httpx.Client(base_url=base, timeout=30) as http:
+            yield info, http
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

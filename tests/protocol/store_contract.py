@@ -61,6 +61,29 @@ class KeyStoreContract:
         store.delete_sender_keys([name, "other"])
         assert store.get_sender_keys([name, "g@g.us::x::0"]) == {"g@g.us::x::0": b"T"}
 
+    def test_inbox_batch(self, store: KeyStore) -> None:
+        store.put_inbox({"3EB0A1": b"\x00\x03a.0hello", "3EB0A2": b"x"})
+        assert store.get_inbox(["3EB0A1", "missing"]) == {"3EB0A1": b"\x00\x03a.0hello"}
+        store.put_inbox({"3EB0A1": b"again"})
+        assert store.get_inbox(["3EB0A1"]) == {"3EB0A1": b"again"}
+        store.delete_inbox(["3EB0A1", "missing"])
+        assert store.get_inbox(["3EB0A1", "3EB0A2"]) == {"3EB0A2": b"x"}
+
+    def test_inbox_rolls_back_with_the_transaction(self, store: KeyStore) -> None:
+        store.put_inbox({"kept": b"k"})
+
+        def failing() -> None:
+            with store.transaction():
+                store.put_sessions({"a.0": b"ratchet"})
+                store.put_inbox({"new": b"n"})
+                store.delete_inbox(["kept"])
+                raise Boom
+
+        with pytest.raises(Boom):
+            failing()
+        assert store.get_inbox(["kept", "new"]) == {"kept": b"k"}
+        assert store.get_sessions(["a.0"]) == {}
+
     def test_binary_values_round_trip_exactly(self, store: KeyStore) -> None:
         value = bytes(range(256)) * 40
         store.put_sessions({"a.0": value})

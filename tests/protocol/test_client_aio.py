@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from protocol.aio import (
+    NOT_ON_WHATSAPP,
     Client,
     ClientError,
     Connected,
@@ -132,6 +133,62 @@ def test_restart_logs_in_without_qr_and_gets_offline_messages() -> None:
         assert stats["delivery_counts"][first.id] >= 2
         assert stats["offline_delivered"] >= 1
         await again.stop()
+
+    run(scenario)
+
+
+def test_a_number_without_an_account_fails_without_sending() -> None:
+    async def scenario(sim: Simulator) -> None:
+        client, events, _ = await linked_client(sim, OWNER)
+        before = (await control(sim, "GET", "/control/stats")).json()["messages_relayed"]
+        msg_id = await client.send_text("15550009999@s.whatsapp.net", "anyone there?")
+        failed = await events.next(MessageStatus, lambda s: s.id == msg_id)
+        assert (failed.status, failed.reason, failed.error) == (Status.ERROR, NOT_ON_WHATSAPP, None)
+        # Nothing went out (not even the copy for our own phone), and the session goes on.
+        bob_id = await client.send_text(f"{BOB}@s.whatsapp.net", "hi bob")
+        await events.next(MessageStatus, lambda s: s.id == bob_id and s.status is Status.SERVER_ACK)
+        after = (await control(sim, "GET", "/control/stats")).json()["messages_relayed"]
+        assert after == before + 1
+        await client.stop()
+
+    run(scenario)
+
+
+def test_decrypted_but_unconfirmed_message_survives_the_process() -> None:
+    # The process dies after decrypting (the ratchet moved on, in the store) but before the
+    # application confirmed: the server redelivers a message that can no longer be decrypted,
+    # and a new client on the same store hands it out from the store's inbox, exactly once.
+    async def scenario(sim: Simulator) -> None:
+        client, events, store = await linked_client(sim, OWNER)
+        r = await control(
+            sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": "kept"}
+        )
+        msg_id = r.json()["id"]
+        await events.next(Message, lambda m: m.id == msg_id)
+        await client.stop()  # no confirm: as if the process had died here
+
+        again = Client(store, options(sim))
+        events = Events(again)
+        await again.start()
+        redelivered = await events.next(Message, lambda m: m.id == msg_id)
+        assert redelivered.content == Text("kept")
+        assert redelivered.offline
+        assert await again.confirm(msg_id)
+        assert store.get_inbox([msg_id]) == {}
+        await again.stop()
+
+        # Confirmed now: a third start gets no copy (the server has the receipt).
+        third = Client(store, options(sim))
+        events = Events(third)
+        await third.start()
+        await events.next(Connected)
+        r = await control(
+            sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": "after"}
+        )
+        after = await events.next(Message, lambda m: m.id == r.json()["id"])
+        assert after.content == Text("after")
+        assert [e.id for e in events.seen if isinstance(e, Message)] == [after.id]
+        await third.stop()
 
     run(scenario)
 

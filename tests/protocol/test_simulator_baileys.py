@@ -8,9 +8,6 @@ exercised too."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ import httpx
 import pytest
 
 from tests.interop.node import NodePeer
+from tests.protocol.simulated import simulator_process
 
 pytestmark = pytest.mark.interop
 
@@ -29,22 +27,8 @@ WAIT_MS = 30_000
 
 @pytest.fixture
 def simulator() -> Iterator[tuple[dict[str, Any], httpx.Client]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", "baileys"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        base = info["ws_url"].removesuffix("/ws/chat").replace("ws://", "http://")
-        with httpx.Client(base_url=base, timeout=30) as http:
-            yield info, http
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with simulator_process("baileys") as running:
+        yield running
 
 
 def bob_texts(http: httpx.Client) -> list[tuple[str, str]]:

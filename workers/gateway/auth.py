@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import or_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, or_, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.errors import NotFound
 from storage.models import ApiKey, Instance, Tenant, utcnow
@@ -201,3 +201,23 @@ def visible_instance(s: Session, principal: Principal, instance_id: uuid.UUID) -
     ):
         raise ApiError(404, "not_found", "unknown instance")
     return instance
+
+
+Row = TypeVar("Row")
+
+
+def on_instance(
+    s: Session,
+    principal: Principal,
+    stmt: Select[Row],
+    column: InstrumentedAttribute[uuid.UUID] | InstrumentedAttribute[uuid.UUID | None],
+    instance_id: uuid.UUID | None,
+) -> Select[Row]:
+    """Narrow a listing of the caller's rows to `instance_id` when asked (404 unless visible)
+    and always to the key's instance restriction."""
+    if instance_id is not None:
+        visible_instance(s, principal, instance_id)
+        stmt = stmt.where(column == instance_id)
+    if principal.instance_id is not None:
+        stmt = stmt.where(column == principal.instance_id)
+    return stmt

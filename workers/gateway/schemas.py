@@ -155,6 +155,81 @@ class InstanceOut(BaseModel):
     updated_at: datetime
 
 
+# --- sessions (connect, QR, pairing code, status, diagnose) -------------------------------------
+InstanceState = Literal[
+    "created",
+    "connecting",
+    "qr_pending",
+    "code_pending",
+    "connected",
+    "reconnecting",
+    "disconnected",
+    "logged_out",
+    "banned",
+]
+
+
+class ConnectIn(Body):
+    method: Literal["qr", "code"] = Field(
+        default="qr", description="link by QR code, or by a pairing code typed on the phone"
+    )
+    phone: str | None = Field(
+        default=None,
+        max_length=32,
+        description="E.164 number to link (method code; default: the instance's own number)",
+    )
+
+
+class InstanceStatusOut(BaseModel):
+    id: uuid.UUID
+    state: InstanceState
+    connected: bool
+    owner: str | None = Field(description="the session worker holding the instance, if any")
+    phone_number: str | None
+    last_connected_at: datetime | None
+    messages_sent: int
+    messages_received: int
+    outbound_paused: bool
+    pause_reason: str | None
+    queued: int = Field(description="outbox rows waiting to be sent")
+    desired_state: Literal["auto", "connect", "disconnect", "logout"] = Field(
+        description="what the last command asked the owner to make true"
+    )
+
+
+class QrOut(BaseModel):
+    qr: str = Field(description="the QR string (render it, or use qr.png / qr.svg)")
+    expires_at: datetime
+    index: int = Field(description="0 for the first QR of a linking round, then 1, 2, ...")
+
+
+class PairingCodeOut(BaseModel):
+    code: str = Field(description="type it on the phone: Linked devices → Link with phone number")
+    expires_at: datetime | None
+
+
+class PhoneCheck(BaseModel):
+    input: str
+    valid: bool
+    e164: str | None
+    on_whatsapp: bool | None = Field(description="null when it could not be checked")
+    jid: str | None
+
+
+class RecentError(BaseModel):
+    at: datetime
+    code: str
+    message: str
+    outbox_id: int | None = None
+
+
+class Diagnosis(BaseModel):
+    instance: InstanceStatusOut
+    phone: PhoneCheck | None = Field(description="null unless ?phone= was given")
+    recent_errors: list[RecentError]
+    advice: list[str]
+
+
 # --- sending -------------------------------------------------------------------------------
 class Media(Body):
     kind: MediaKind

@@ -3,7 +3,12 @@
     host     `SessionHost`: membership, rendezvous assignment, fenced leases, staggered starts,
              self-fencing, and the handover order of DESIGN §3.2 (pure asyncio; no Celery)
     worker   `wafleet worker session`: the Celery worker (threads pool) that runs the host on an
-             asyncio loop thread and switches `wa.out.<instance_id>` consumers at runtime
+             asyncio loop thread and switches `wa.out.<instance_id>` consumers at runtime;
+             its `wa.session.<worker_id>` queue carries instance commands to the host
+    whatsapp the production session (protocol.aio client + key store + actor): applies the
+             instance's desired state (connect by QR/code, disconnect, logout)
+    actor    `OutboundActor`: the outbox sent in per-chat order with pacing and retries
+    media    outbound media bytes (inline, or an SSRF-guarded URL fetch) and their upload
 
 Must not import: protocol.simulator.
 """

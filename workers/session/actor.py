@@ -14,6 +14,9 @@ burned; with `park_expiry`, a message parked longer than that expires. A row lef
 a crashed owner is sent again with the same WhatsApp message id, which the recipient's client
 treats as the same message.
 
+Outbound paused (the instance row's `outbound_paused`, by the API or a pause-class error) is
+checked on every scan and again in the transaction that claims each row, right before its send.
+
 Errors are classified in one place (workers.delivery.classify): retry → back to `queued` with
 the next delay; pause → the instance's outbound is paused (until resumed) and the row waits;
 permanent → `failed` with the code. Exhausted retries → `failed`.
@@ -210,11 +213,19 @@ class OutboundActor:
             raise FencedOut
         return False
 
-    def _mark_sending(self, row: OutboxMessage) -> None:
+    def _mark_sending(self, row: OutboxMessage) -> bool:
+        """Claim the row for a send; False if outbound was paused meanwhile (PATCH, a 463):
+        the pause takes effect before the next send, not only at the next scan."""
         with self._sessions.begin() as s:
+            paused = s.scalar(
+                select(Instance.outbound_paused).where(Instance.id == self.instance_id)
+            )
+            if paused:
+                return False
             self._move(
                 s, row.id, (OutboxStatus.QUEUED, OutboxStatus.SENDING), status=OutboxStatus.SENDING
             )
+            return True
 
     def _mark_sent(self, row: OutboxMessage) -> None:
         with self._sessions.begin() as s:
@@ -301,7 +312,8 @@ class OutboundActor:
         if row.expires_at is not None and row.expires_at <= self._db_now():
             await asyncio.to_thread(self._expire_parked)
             return
-        await asyncio.to_thread(self._mark_sending, row)
+        if not await asyncio.to_thread(self._mark_sending, row):
+            return
         message = OutboundMessage(row.id, row.wa_message_id, row.chat_jid, row.kind, row.payload)
         self._pacer.sent(self._loop_time())
         try:

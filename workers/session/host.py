@@ -19,20 +19,23 @@ One `SessionHost` runs in each session worker's asyncio loop (DESIGN §3.1, §3.
   opens, consumes, and rebuilds the backlog from the outbox.
 
 The host knows nothing about WhatsApp: sessions come from a `SessionFactory`, consumers are
-switched through a `ConsumerControl` (the Celery consumer in production), and database calls run
-in threads (the stores are synchronous).
+switched through a `ConsumerControl` (the Celery consumer in production), and the host's database
+calls run on a thread of its own (the stores are synchronous), so renewals never queue behind the
+sessions' database work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from storage.leases import Lease, Leases, Membership, assigned
 from tasks.queues import out_queue
@@ -41,6 +44,8 @@ from workers.assignment import owner_of
 logger = logging.getLogger(__name__)
 
 FENCE_MARGIN = 0.2  # fraction of the lease TTL kept as a safety margin on the local deadline
+
+T = TypeVar("T")
 
 
 class Session(Protocol):
@@ -54,6 +59,20 @@ class Session(Protocol):
 
     def wake(self, outbox_id: int) -> None:
         """An outbox row may be ready to send."""
+
+
+@runtime_checkable
+class Commandable(Protocol):
+    """A session that applies instance commands (the instance row's desired state)."""
+
+    async def command(self) -> None: ...
+
+
+@runtime_checkable
+class NumberChecker(Protocol):
+    """A session that can ask WhatsApp whether a number has an account."""
+
+    async def on_whatsapp(self, digits: str) -> bool | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +138,16 @@ class SessionHost:
         self._next_heartbeat = 0.0
         self._starts = 0  # sessions opened in the current burst (for staggering)
         self._run_task: asyncio.Task[None] | None = None
+        # The host's own database calls (heartbeat, renewals, assignment, acquire, release) get
+        # a thread of their own: queued in the loop's default executor behind the sessions'
+        # database work, a renewal can miss its deadline under load and self-fence every
+        # instance at once (seen at 1,000 instances: tests/benchmarks/bench_fleet.py).
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-host")
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one of the host's own blocking calls on its control thread."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._control, call)
 
     # -- public surface (called from the loop, or thread-safely by the Celery glue) -----------
 
@@ -133,6 +162,34 @@ class SessionHost:
             return False
         owned.session.wake(outbox_id)
         return True
+
+    async def command(self, instance_id: uuid.UUID, open_wait: float = 60.0) -> bool:
+        """Have the instance's session apply its durable command state; False if this host does
+        not own it (or is handing it over). A session still opening is waited for first: it may
+        have read the row before the command was written."""
+        owned = self._owned.get(instance_id)
+        if owned is None or owned.closing or not self._fenced_in(instance_id):
+            return False
+        if owned.session is None and owned.task is not None and not owned.task.done():
+            await asyncio.wait({owned.task}, timeout=open_wait)  # opened, or failed to
+        session = owned.session
+        if session is None or owned.closing or self._owned.get(instance_id) is not owned:
+            return False
+        if not isinstance(session, Commandable):
+            logger.warning("session of %s takes no commands", instance_id)
+            return False
+        await session.command()
+        return True
+
+    async def on_whatsapp(self, instance_id: uuid.UUID, digits: str) -> bool | None:
+        """Ask through the instance's session; None if not owned here or not answerable."""
+        owned = self._owned.get(instance_id)
+        session = None if owned is None else owned.session
+        if session is None or not self._fenced_in(instance_id):
+            return None
+        if not isinstance(session, NumberChecker):
+            return None
+        return await session.on_whatsapp(digits)
 
     async def run(self) -> None:
         """Run rounds until `shutdown()` is called."""
@@ -152,22 +209,23 @@ class SessionHost:
         if self._run_task is not None and not self._run_task.done():
             await asyncio.wait({self._run_task})  # finish the round in progress first
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._membership.heartbeat, self.worker_id, draining=True)
+            await self._call(self._membership.heartbeat, self.worker_id, draining=True)
         await asyncio.gather(*(self._hand_over(i) for i in list(self._owned)))
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._membership.leave, self.worker_id)
+            await self._call(self._membership.leave, self.worker_id)
+        self._control.shutdown(wait=False)
 
     # -- one round ----------------------------------------------------------------------------
 
     async def _round(self) -> None:
         now = self._monotonic()
         if now >= self._next_heartbeat:
-            await asyncio.to_thread(self._membership.heartbeat, self.worker_id)
+            await self._call(self._membership.heartbeat, self.worker_id)
             self._next_heartbeat = now + self._timing.heartbeat_every
         if now >= self._next_renew and self._owned:
             await self._renew()
-        members = assigned(await asyncio.to_thread(self._membership.live))
-        instances = await asyncio.to_thread(self._list_instances)
+        members = assigned(await self._call(self._membership.live))
+        instances = await self._call(self._list_instances)
         desired = {i for i in instances if owner_of(str(i), members) == self.worker_id}
         for instance_id in [i for i in self._owned if i not in desired]:
             await self._hand_over(instance_id)
@@ -175,11 +233,13 @@ class SessionHost:
         for instance_id in sorted(desired - set(self._owned), key=str):
             if self._stopping.is_set():
                 break
+            if self._owned and self._monotonic() >= self._next_renew:
+                await self._renew()  # a long burst of acquisitions must not outlive the first
             await self._acquire(instance_id)
 
     async def _acquire(self, instance_id: uuid.UUID) -> None:
         started = self._monotonic()
-        lease = await asyncio.to_thread(self._leases.acquire, instance_id, self.worker_id)
+        lease = await self._call(self._leases.acquire, instance_id, self.worker_id)
         if lease is None:
             return  # the previous owner still holds it; its lease expires or it releases
         owned = _Owned(lease=lease, deadline=self._deadline(started))
@@ -200,7 +260,7 @@ class SessionHost:
             with contextlib.suppress(Exception):
                 await session.close()
             self._owned.pop(instance_id, None)
-            await asyncio.to_thread(self._leases.release, owned.lease)
+            await self._call(self._leases.release, owned.lease)
             return
         owned.session = session
         owned.opened.set()
@@ -214,7 +274,7 @@ class SessionHost:
     async def _renew(self) -> None:
         started = self._monotonic()
         current = [o.lease for o in self._owned.values()]
-        renewed = await asyncio.to_thread(self._leases.renew, self.worker_id, current)
+        renewed = await self._call(self._leases.renew, self.worker_id, current)
         self._next_renew = started + self._timing.renew_every
         for instance_id, owned in list(self._owned.items()):
             lease = renewed.get(instance_id)
@@ -256,7 +316,7 @@ class SessionHost:
         self._consumers.cancel(out_queue(instance_id))
         await self._close(owned)
         self._owned.pop(instance_id, None)
-        await asyncio.to_thread(self._leases.release, owned.lease)
+        await self._call(self._leases.release, owned.lease)
 
     async def _close(self, owned: _Owned) -> None:
         if owned.task is not None and not owned.task.done():

@@ -2,18 +2,27 @@
 
 `make_factory(settings)` is the production `--session-factory` (workers.session.worker).
 A `WhatsAppSession`:
-* opens the instance's encrypted key store and starts the asyncio `Client` — only when the
-  instance is linked (device credentials exist) or a connect was requested (status connecting,
-  qr_pending or code_pending); an unlinked idle instance holds no socket;
-* pumps the client's events: QR codes and pairing codes, connected/disconnected/logged out →
-  fenced instance status updates + fleet events (webhooks + the tenant's stream); a decrypted
-  message → `wafleet.route_inbound` published to the broker, and only then confirmed to
-  WhatsApp (ack after persist, DESIGN §3.7); receipts → `wafleet.message_status`;
-* runs the `OutboundActor`, whose `Sender` is this session: a send waits for the server ack of
-  the preassigned WhatsApp message id and maps errors to `SendFailure` codes for
-  workers.delivery.classify.
-QR linking stops after `qr_rounds` rounds with a `whatsapp:qr-exhausted` event that suggests the
-pairing code, instead of looping forever.
+* makes the instance row's desired state true (tasks.commands), on open and on every command
+  the host hands it (`command()`, the same code path): `auto` — connect when linked (device
+  credentials exist; or, for callers that set the status, when it is connecting/qr_pending/
+  code_pending), else hold no socket; `connect` — connect, or link an unlinked instance by QR or
+  by pairing code for `link_phone` (a new command restarts linking with fresh rounds);
+  `disconnect` — close the socket, keep the credentials, no reconnect; `logout` — the client's
+  logout (the server removes the companion), then the device credentials and Signal records
+  are destroyed and the state is logged_out. A `command_seq` is applied once;
+* pumps the client's events: QR codes and pairing codes (also stored for the gateway in Redis,
+  storage.linking, until they expire or the instance connects), connected/disconnected/logged
+  out → fenced instance status updates + fleet events (webhooks + the tenant's stream); a
+  decrypted message → `wafleet.route_inbound` published to the broker, and only then
+  confirmed to WhatsApp (ack after persist, DESIGN §3.7); receipts → `wafleet.message_status`;
+* runs the `OutboundActor`, whose `Sender` is this session: text and media (workers.session.
+  media: inline bytes or a guarded URL fetch, uploaded to the server's media host) are sent with
+  the preassigned WhatsApp message id; a send waits for the server ack and maps errors to
+  `SendFailure` codes for workers.delivery.classify.
+QR linking: a round is one connection's QR references (SPEC §8.2, 60 s + 5 × 20 s); when they
+run out the session opens a new round, and after `qr_rounds` rounds it stops with one
+`whatsapp:qr-exhausted` event that suggests the pairing code (and sets the desired state to
+disconnect), instead of looping forever. Linking by code counts rounds the same way.
 """
 
 from __future__ import annotations
@@ -22,10 +31,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
@@ -47,13 +60,23 @@ from protocol.aio import (
     Status,
 )
 from protocol.core.errors import WhatsAppError
+from protocol.core.inject import Clock
+from protocol.core.media import MediaType
 from protocol.core.message import Media, Text
 from storage.bus import EventBus
 from storage.crypto import Keyring
 from storage.keystore import SqlKeyStore
-from storage.leases import database_clock
-from storage.models import DeviceCredentials, Instance, InstanceStatus, utcnow
-from storage.repositories.instances import update_fenced
+from storage.leases import database_clock, held_by
+from storage.linking import LinkingCodes
+from storage.models import (
+    DesiredState,
+    DeviceCredentials,
+    Instance,
+    InstanceStatus,
+    LinkMethod,
+    utcnow,
+)
+from storage.repositories.instances import destroy_device, update_fenced
 from tasks.app import app
 from tasks.events import publish_event
 from tasks.inbound import InboundMessage
@@ -63,10 +86,15 @@ from workers.delivery import Pacer, RetryPolicy, SendFailure
 from workers.routing import build_runtime
 from workers.session.actor import OutboundActor, OutboundMessage, SendFailed
 from workers.session.host import Session, SessionContext, SessionFactory
+from workers.session.media import MediaPolicy, media_bytes
 
 logger = logging.getLogger(__name__)
 
 ACK_TIMEOUT = 30.0  # seconds for the server ack of a sent message (SPEC §13.6)
+LOGOUT_CONNECT_WAIT = 30.0  # seconds a logout waits for the socket to log in first
+LOGOUT_WAIT = 15.0  # seconds for the server to confirm the logout (LoggedOut)
+NUMBER_QUERY_TIMEOUT = 4.0  # seconds for a usync contact query (diagnose waits 5 s in all)
+EARLY_STATUSES = 256  # server acks kept for ids whose send had not registered yet
 CONNECT_STATES = {InstanceStatus.CONNECTING, InstanceStatus.QR_PENDING, InstanceStatus.CODE_PENDING}
 RECEIPT_STATUS = {None: "delivered", "read": "read", "read-self": "read", "played": "played"}
 
@@ -78,6 +106,9 @@ class Deps:
     bus: EventBus
     keyring: Keyring
     options: ClientOptions
+    linking: LinkingCodes
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    now: Clock = time.time  # the protocol client's clock (QR expiry, message timestamps)
 
 
 class WhatsAppSession:
@@ -85,41 +116,64 @@ class WhatsAppSession:
         self._ctx = ctx
         self._deps = deps
         self._client: Client | None = None
+        self._pump_task: asyncio.Task[None] | None = None
         self._actor: OutboundActor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, asyncio.Future[MessageStatus]] = {}
+        self._early: dict[str, MessageStatus] = {}
         self._tenant_id: uuid.UUID | None = None
         self._qr_rounds = 0
+        self._applied_seq = -1
+        self._link_method = LinkMethod.QR
+        self._link_phone: str | None = None
+        self._code_requested = False
+        self._logging_out = False
+        self._lock = asyncio.Lock()  # one reconcile (open or command) at a time
 
     # -- Session ----------------------------------------------------------------------------
 
     async def open(self) -> None:
         deps, iid = self._deps, self._ctx.instance_id
-        instance, linked = await asyncio.to_thread(self._load)
-        self._tenant_id = instance.tenant_id
-        store = await asyncio.to_thread(SqlKeyStore.open, deps.sessions, deps.keyring, iid)
-        s = deps.settings
-        self._actor = OutboundActor(
-            instance_id=iid,
-            lease=lambda: self._ctx.lease,
-            sessions=deps.sessions,
-            sender=self,
-            policy=RetryPolicy(s.retry_schedule, s.retry_jitter, s.max_attempts),
-            pacer=self._pacer(instance),
-            uniform=random.uniform,
-            loop_time=lambda: asyncio.get_running_loop().time(),
-            park_expiry=s.park_expiry,
-            on_event=self._emit,
-        )
-        self._tasks.append(asyncio.create_task(self._actor.run()))
-        if linked or instance.status in CONNECT_STATES:
-            await self._start_client(store)
+        async with self._lock:
+            instance, linked = await asyncio.to_thread(self._load)
+            self._tenant_id = instance.tenant_id
+            s = deps.settings
+            self._actor = OutboundActor(
+                instance_id=iid,
+                lease=lambda: self._ctx.lease,
+                sessions=deps.sessions,
+                sender=self,
+                policy=RetryPolicy(s.retry_schedule, s.retry_jitter, s.max_attempts),
+                pacer=self._pacer(instance),
+                uniform=random.uniform,
+                loop_time=lambda: asyncio.get_running_loop().time(),
+                park_expiry=s.park_expiry,
+                on_event=self._emit,
+            )
+            self._tasks.append(asyncio.create_task(self._actor.run()))
+            await self._reconcile(instance, linked, opening=True)
+
+    async def command(self) -> None:
+        """Apply the instance row's desired state (a command reached this owner)."""
+        async with self._lock:
+            instance, linked = await asyncio.to_thread(self._load)
+            await self._reconcile(instance, linked, opening=False)
 
     async def close(self) -> None:
         if self._actor is not None:
             self._actor.stop()
-        if self._client is not None:
-            await self._client.stop()
+            # Drain (DESIGN §3.2): a send in flight gets its server ack and is recorded before
+            # the socket goes; cancelling it would leave the row `sending` for the next owner to
+            # send again. The actor (the first task) stops at its next check; the ack wait bounds
+            # this.
+            if self._tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._tasks[0]), ACK_TIMEOUT + 5.0)
+        linking = self._client is not None and not self._client.connected
+        await self._stop_client()
+        if linking:  # a QR or code of this socket is dead now; the next owner shows its own
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._deps.linking.clear, self._ctx.instance_id)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -132,6 +186,18 @@ class WhatsAppSession:
         if self._actor is not None:
             self._actor.wake()
 
+    async def on_whatsapp(self, digits: str) -> bool | None:
+        """Whether `digits` has a WhatsApp account (protocol.aio `Client.on_whatsapp`); None
+        when not connected or the server did not answer."""
+        client = self._client
+        if client is None or not client.connected:
+            return None
+        try:
+            return await client.on_whatsapp(digits, seconds=NUMBER_QUERY_TIMEOUT)
+        except WhatsAppError as exc:
+            logger.info("usync contact query of %s failed: %r", self._ctx.instance_id, exc)
+            return None
+
     # -- Sender -------------------------------------------------------------------------------
 
     def connected(self) -> bool:
@@ -142,24 +208,143 @@ class WhatsAppSession:
         if client is None or not client.connected:
             raise SendFailed(SendFailure("disconnected", "the session is not connected"))
         text = message.payload.get("text")
-        if message.kind != "text" or not isinstance(text, str):
-            raise SendFailed(
-                SendFailure("invalid_payload", f"sending {message.kind} is not supported yet")
+        media = message.payload.get("media")
+        start: Callable[[], Awaitable[str]]
+        if message.kind == "text" and isinstance(text, str):
+            start = partial(
+                client.send_text, message.chat_jid, text, message_id=message.wa_message_id
             )
+        elif message.kind != "text" and isinstance(media, dict):
+            start = partial(
+                client.send_media,
+                message.chat_jid,
+                MediaType(str(media["kind"])),
+                await media_bytes(media, self._deps.media),
+                message_id=message.wa_message_id,
+                mimetype=str(media["mimetype"]),
+                caption=media.get("caption"),
+                file_name=media.get("filename"),
+            )
+        else:
+            raise SendFailed(SendFailure("invalid_payload", f"unreadable {message.kind} payload"))
         future: asyncio.Future[MessageStatus] = asyncio.get_running_loop().create_future()
         self._pending[message.wa_message_id] = future
         try:
-            await client.send_text(message.chat_jid, text, message_id=message.wa_message_id)
+            await start()
+            early = self._early.pop(message.wa_message_id, None)
+            if early is not None and not future.done():
+                future.set_result(early)
             status = await asyncio.wait_for(future, ACK_TIMEOUT)
         except TimeoutError:
             raise SendFailed(SendFailure("timeout", "no server ack")) from None
         except WhatsAppError as exc:
-            code = "disconnected" if not client.connected else "timeout"
+            upload = exc.details.get("reason") == "upload"
+            code = (
+                "disconnected"
+                if not client.connected
+                else f"upload_{exc.details.get('status')}"
+                if upload
+                else "timeout"
+            )
             raise SendFailed(SendFailure(code, exc.text)) from None
         finally:
             self._pending.pop(message.wa_message_id, None)
         if status.status is Status.ERROR:
+            if status.reason is not None:  # decided by the client, e.g. not_on_whatsapp
+                raise SendFailed(SendFailure(status.reason, f"not sent: {status.reason}"))
             raise SendFailed(SendFailure(str(status.error or "error"), "server refused"))
+
+    # -- the desired state ----------------------------------------------------------------------
+
+    async def _reconcile(self, instance: Instance, linked: bool, *, opening: bool) -> None:
+        new = instance.command_seq != self._applied_seq
+        self._applied_seq = instance.command_seq
+        self._link_method = instance.link_method or LinkMethod.QR
+        self._link_phone = instance.link_phone
+        desired = instance.desired_state
+        if not new and not opening:
+            return  # a repeated delivery of a command already applied
+        logger.log(
+            logging.DEBUG if desired is DesiredState.AUTO else logging.INFO,
+            "instance %s: applying %s (seq %d, linked %s)",
+            self._ctx.instance_id,
+            desired.value,
+            instance.command_seq,
+            linked,
+        )
+        if desired is DesiredState.DISCONNECT:
+            had_client = self._client is not None
+            await self._stop_client()
+            await asyncio.to_thread(self._deps.linking.clear, self._ctx.instance_id)
+            if instance.status not in (InstanceStatus.LOGGED_OUT, InstanceStatus.BANNED):
+                await self._status(InstanceStatus.DISCONNECTED)
+            if had_client:
+                await self._emit(
+                    "whatsapp:disconnected", {"reason": "requested", "will_reconnect": False}
+                )
+        elif desired is DesiredState.LOGOUT:
+            if linked:
+                await self._logout()
+            else:
+                await self._stop_client()
+                await asyncio.to_thread(self._deps.linking.clear, self._ctx.instance_id)
+                if instance.status is not InstanceStatus.LOGGED_OUT:
+                    await self._status(InstanceStatus.LOGGED_OUT)
+        elif desired is DesiredState.CONNECT:
+            if linked:
+                if self._client is None:
+                    await self._start_client()
+            elif self._client is None or new:
+                await self._stop_client()
+                self._qr_rounds = 0
+                await self._start_client()
+        elif opening and (linked or instance.status in CONNECT_STATES):
+            await self._start_client()
+
+    async def _logout(self) -> None:
+        """The client's logout, then the device is forgotten here too (see the docstring)."""
+        self._logging_out = True
+        try:
+            if self._client is None:
+                await self._start_client()
+            client = self._client
+            assert client is not None
+            confirmed = False
+            try:
+                await client.wait_connected(LOGOUT_CONNECT_WAIT)
+                await client.logout()
+                await client.wait_stopped(LOGOUT_WAIT)
+                confirmed = True
+            except (TimeoutError, WhatsAppError) as exc:
+                logger.warning(
+                    "instance %s: the server did not confirm the logout (%r); forgetting the "
+                    "device anyway",
+                    self._ctx.instance_id,
+                    exc,
+                )
+            await self._stop_client()
+            await self._forget_device()
+            await asyncio.to_thread(self._deps.linking.clear, self._ctx.instance_id)
+            await self._status(InstanceStatus.LOGGED_OUT)
+            await self._emit(
+                "whatsapp:logged-out", {"reason": "requested", "server_confirmed": confirmed}
+            )
+        finally:
+            self._logging_out = False
+
+    async def _forget_device(self) -> None:
+        lease = self._ctx.lease
+
+        def write() -> bool:
+            with self._deps.sessions.begin() as s:
+                fence = held_by(lease.instance_id, lease.owner, lease.token, database_clock(s))
+                if not s.scalar(select(fence)):
+                    return False
+                destroy_device(s, self._ctx.instance_id)
+                return True
+
+        if not await asyncio.to_thread(write):
+            logger.warning("device of %s not forgotten: lease lost", self._ctx.instance_id)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -185,31 +370,62 @@ class WhatsAppSession:
             uniform=random.uniform,
         )
 
-    async def _start_client(self, store: SqlKeyStore) -> None:
-        self._client = Client(store, self._deps.options)
-        await self._client.start()
-        self._tasks.append(asyncio.create_task(self._pump(self._client)))
+    async def _start_client(self) -> None:
+        deps = self._deps
+        store = await asyncio.to_thread(
+            SqlKeyStore.open, deps.sessions, deps.keyring, self._ctx.instance_id
+        )
+        client = Client(store, deps.options, now=deps.now)
+        self._client = client
+        self._code_requested = False
+        await client.start()
+        self._pump_task = asyncio.create_task(self._pump(client))
+
+    async def _stop_client(self) -> None:
+        """Stop the current client (never its pump from inside that pump: it just ends)."""
+        client, pump = self._client, self._pump_task
+        self._client, self._pump_task = None, None
+        if client is not None:
+            await client.stop()
+        if pump is not None and pump is not asyncio.current_task():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
 
     async def _pump(self, client: Client) -> None:
-        while True:
+        while self._client is client:
             event = await client.events.get()
+            if self._client is not client:
+                break  # a replaced or stopped client's leftovers
             try:
                 await self._handle(client, event)
             except Exception:  # one bad event must not end the session
                 logger.exception("handling %s failed", type(event).__name__)
 
     async def _handle(self, client: Client, event: Event) -> None:
+        iid = self._ctx.instance_id
         match event:
             case Qr():
-                await self._status(InstanceStatus.QR_PENDING)
+                if self._link_method is LinkMethod.CODE and self._link_phone:
+                    if not self._code_requested:
+                        self._code_requested = True
+                        await client.request_pairing_code(self._link_phone)
+                    return  # linking by code: the QR is not shown
+                if event.index == 0:
+                    await self._status(InstanceStatus.QR_PENDING)
+                await asyncio.to_thread(
+                    self._deps.linking.put_qr, iid, event.code, event.expires_at, event.index
+                )
                 await self._emit(
                     "whatsapp:qr",
                     {"qr": event.code, "expires_at": event.expires_at, "index": event.index},
                 )
             case PairingCode():
                 await self._status(InstanceStatus.CODE_PENDING)
+                await asyncio.to_thread(self._deps.linking.put_code, iid, event.code)
                 await self._emit("whatsapp:pairing-code", {"code": event.code})
             case Paired():
+                await asyncio.to_thread(self._deps.linking.clear, iid)
                 await self._status(
                     InstanceStatus.CONNECTING,
                     wa_jid=str(event.jid),
@@ -218,6 +434,7 @@ class WhatsAppSession:
                 )
             case Connected():
                 self._qr_rounds = 0
+                await asyncio.to_thread(self._deps.linking.clear, iid)
                 await self._status(
                     InstanceStatus.CONNECTED,
                     last_connected_at=utcnow(),
@@ -229,18 +446,12 @@ class WhatsAppSession:
                     self._actor.wake()
             case Disconnected():
                 if event.reason is DisconnectReason.QR_TIMEOUT:
-                    self._qr_rounds += 1
-                    if self._qr_rounds >= self._deps.settings.qr_rounds:
-                        await client.stop()
-                        await self._status(InstanceStatus.DISCONNECTED)
-                        await self._emit(
-                            "whatsapp:qr-exhausted",
-                            {
-                                "rounds": self._qr_rounds,
-                                "advice": "link with a pairing code instead (method: code)",
-                            },
-                        )
-                        return
+                    async with self._lock:  # not while a command changes the client
+                        if self._client is client:
+                            await self._qr_round_over()
+                    return
+                if self._logging_out:
+                    return
                 state = (
                     InstanceStatus.RECONNECTING
                     if event.will_reconnect
@@ -252,19 +463,25 @@ class WhatsAppSession:
                     {"reason": event.reason.value, "will_reconnect": event.will_reconnect},
                 )
             case LoggedOut():
+                if self._logging_out:
+                    return  # a requested logout: _logout records it
                 banned = event.reason is DisconnectReason.TEMPORARY_BAN
+                # Terminal: this client's closing Disconnected must not overwrite the state.
+                await self._stop_client()
+                await asyncio.to_thread(self._deps.linking.clear, iid)
+                if event.reason is DisconnectReason.LOGGED_OUT:
+                    await self._forget_device()  # the companion is gone at the server
                 await self._status(InstanceStatus.BANNED if banned else InstanceStatus.LOGGED_OUT)
                 await self._emit("whatsapp:logged-out", {"reason": event.reason.value})
             case Message():
                 await self._inbound(client, event)
             case MessageStatus():
                 future = self._pending.get(event.id)
-                if (
-                    future is not None
-                    and not future.done()
-                    and event.status in (Status.SERVER_ACK, Status.ERROR)
-                ):
-                    future.set_result(event)
+                if event.status in (Status.SERVER_ACK, Status.ERROR):
+                    if future is not None and not future.done():
+                        future.set_result(event)
+                    elif future is None:
+                        self._remember_early(event)
                 elif event.status in (Status.DELIVERED, Status.READ, Status.PLAYED):
                     await self._receipt([event.id], event.status.value)
             case Receipt():
@@ -273,6 +490,55 @@ class WhatsAppSession:
                     await self._receipt(list(event.ids), status)
             case _:
                 pass
+
+    def _remember_early(self, event: MessageStatus) -> None:
+        """An ack that beat the registration of its send (kept for `send`, bounded)."""
+        self._early[event.id] = event
+        while len(self._early) > EARLY_STATUSES:
+            self._early.pop(next(iter(self._early)))
+
+    async def _qr_round_over(self) -> None:
+        """Every QR reference of this connection expired: a new round, or give up."""
+        self._qr_rounds += 1
+        iid = self._ctx.instance_id
+        if self._qr_rounds < self._deps.settings.qr_rounds:
+            logger.info("instance %s: QR round %d over; next round", iid, self._qr_rounds)
+            await self._stop_client()
+            await self._start_client()
+            return
+        logger.info("instance %s: %d QR rounds unscanned; linking stops", iid, self._qr_rounds)
+        await self._stop_client()
+        await asyncio.to_thread(self._deps.linking.clear, iid)
+        await self._status(InstanceStatus.DISCONNECTED)
+        await self._give_up_linking()
+        await self._emit(
+            "whatsapp:qr-exhausted",
+            {
+                "rounds": self._qr_rounds,
+                "advice": "link with a pairing code instead (method: code)"
+                if self._link_method is LinkMethod.QR
+                else "the pairing code was not entered; connect again to get a new one",
+            },
+        )
+
+    async def _give_up_linking(self) -> None:
+        """The connect is over: a new owner must not start linking again (unless a newer
+        command came in meanwhile — the sequence number guards it)."""
+        lease, seq = self._ctx.lease, self._applied_seq
+
+        def write() -> None:
+            with self._deps.sessions.begin() as s:
+                s.execute(
+                    update(Instance)
+                    .where(
+                        Instance.id == self._ctx.instance_id,
+                        Instance.command_seq == seq,
+                        held_by(lease.instance_id, lease.owner, lease.token, database_clock(s)),
+                    )
+                    .values(desired_state=DesiredState.DISCONNECT, updated_at=utcnow())
+                )
+
+        await asyncio.to_thread(write)
 
     async def _inbound(self, client: Client, event: Message) -> None:
         content = event.content
@@ -360,8 +626,18 @@ def make_factory(settings: Settings) -> SessionFactory:
         url=settings.wa_server_url,
         trusted_root=bytes.fromhex(settings.wa_root_key),
         prekey_upload_count=settings.wa_prekey_count,  # SPEC §12.3: 812 like Baileys
+        # The media host speaks http where the server does (the simulator), else https.
+        media_scheme="http" if settings.wa_server_url.startswith("ws://") else "https",
     )
-    deps = Deps(settings, base.sessions, base.bus, base.keyring, options)
+    deps = Deps(
+        settings,
+        base.sessions,
+        base.bus,
+        base.keyring,
+        options,
+        LinkingCodes(base.redis, base.bus.prefix),
+        MediaPolicy(settings.media_allow_private, settings.media_fetch_timeout),
+    )
 
     def factory(ctx: SessionContext) -> Session:
         return WhatsAppSession(ctx, deps)

@@ -4,9 +4,10 @@ Shape (shared/research/celery.md §2.2, §4.2, §4.4): the worker runs the threa
 quick hand-offs: `wafleet.deliver` wake-ups); a consumer bootstep starts one asyncio loop thread
 running the host, and switches consumers of `wa.out.<instance_id>` at runtime through the Celery
 consumer (`call_soon(add_task_queue/cancel_task_queue)`, thread-safe in kombu 5.7). Every worker
-also consumes its own `wa.session.<worker_id>` queue (for instance commands that must reach the
-current owner). Warm shutdown (SIGTERM) hands every instance over before the process exits;
-a broker reconnect re-adds the owned queues.
+also consumes its own `wa.session.<worker_id>` queue: `wafleet.session_command` (tasks.commands)
+asks the host to have an owned instance's session apply its durable command state (connect,
+disconnect, logout), or forwards it to the current owner. Warm shutdown (SIGTERM) hands every
+instance over before the process exits; a broker reconnect re-adds the owned queues.
 
 The session backend is a factory named `module:callable` (`--session-factory`): the callable
 takes the Settings and returns a `SessionFactory`.
@@ -27,17 +28,19 @@ from typing import Any, ClassVar
 from celery import bootsteps
 from sqlalchemy import select
 
+from config.logging import celery_flags
 from config.settings import Settings
 from storage.leases import Leases, Membership
 from storage.models import Instance
 from tasks import runtime
+from tasks.queues import SESSION_QUEUE_PREFIX
 from workers.routing import build_runtime, configure_producer
 from workers.session.host import HostTiming, SessionFactory, SessionHost
 
 logger = logging.getLogger(__name__)
 
-SESSION_QUEUE_PREFIX = "wa.session."
 SHUTDOWN_TIMEOUT = 60.0
+COMMAND_TIMEOUT = 120.0  # seconds one command may take on the loop (a logout waits for it)
 
 
 def load_factory(path: str, settings: Settings) -> SessionFactory:
@@ -109,6 +112,16 @@ class HostThread:
 
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=30)
 
+    def command(self, instance_id: uuid.UUID) -> bool:
+        future = asyncio.run_coroutine_threadsafe(self.host.command(instance_id), self.loop)
+        return future.result(timeout=COMMAND_TIMEOUT)
+
+    def on_whatsapp(self, instance_id: uuid.UUID, digits: str) -> bool | None:
+        future = asyncio.run_coroutine_threadsafe(
+            self.host.on_whatsapp(instance_id, digits), self.loop
+        )
+        return future.result(timeout=COMMAND_TIMEOUT)
+
     def shutdown(self) -> None:
         future = asyncio.run_coroutine_threadsafe(self.host.shutdown(), self.loop)
         try:
@@ -152,6 +165,7 @@ def run_session_worker(
 
     configure_producer(settings)
     __import__("tasks.deliver")
+    __import__("tasks.commands")
     me = node_id or worker_id()
     base = build_runtime(settings)
     factory = load_factory(factory_path, settings)
@@ -182,6 +196,14 @@ def run_session_worker(
         thread: HostThread | None = _STATE.get("thread")
         return thread is not None and thread.wake(instance_id, outbox_id)
 
+    def command_hook(instance_id: uuid.UUID) -> bool:
+        thread: HostThread | None = _STATE.get("thread")
+        return thread is not None and thread.command(instance_id)
+
+    def number_hook(instance_id: uuid.UUID, digits: str) -> bool | None:
+        thread: HostThread | None = _STATE.get("thread")
+        return None if thread is None else thread.on_whatsapp(instance_id, digits)
+
     runtime.configure(
         runtime.Runtime(
             sessions=base.sessions,
@@ -190,12 +212,16 @@ def run_session_worker(
             keyring=base.keyring,
             webhooks=base.webhooks,
             deliver_hook=deliver_hook,
+            command_hook=command_hook,
+            number_hook=number_hook,
+            worker_id=me,
         )
     )
     _STATE.update(consumers=consumers, make_host=make_host)
     app.steps["consumer"].add(SessionHostStep)
     app.worker_main(
         [
+            *celery_flags(settings),
             "worker",
             "--pool",
             "threads",

@@ -10,12 +10,15 @@ from workers.gateway.routes import (
     messages,
     ops,
     records,
+    sessions,
+    ui,
     webhooks,
 )
 
 ROUTERS = (
     admin.router,
     instances.router,
+    sessions.router,
     messages.router,
     records.router,
     bookings.router,
@@ -23,4 +26,4 @@ ROUTERS = (
     events.router,
     ops.v1_router,
 )
-UNVERSIONED = (ops.router,)
+UNVERSIONED = (ops.router, ui.router)  # ui: the admin page, outside the API's schema

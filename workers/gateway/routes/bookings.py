@@ -1,5 +1,7 @@
 """Bookings (one open `pending` booking per contact, opened by inbound routing) and the
-tenant's decision on them: confirm or cancel a pending booking."""
+tenant's decision on them: confirm or cancel a pending booking. A decision that changes the
+status publishes `booking:updated` (webhook outbox rows in the same transaction, then the
+tenant's event stream; see tasks.events)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.models import Booking, BookingStatus, utcnow
+from tasks import webhooks as webhook_tasks
+from tasks.events import BOOKING_UPDATED, booking_data, booking_event_id, record_webhooks
 from workers.gateway import auth, pages, schemas, state
 from workers.gateway.errors import ApiError, error_responses, not_found
 from workers.gateway.routes.records import visible_contact
@@ -57,11 +61,7 @@ def list_bookings(
 ) -> dict[str, Any]:
     with g.sessions() as s:
         stmt = select(Booking).where(Booking.tenant_id == principal.tenant_id)
-        if principal.instance_id is not None:
-            stmt = stmt.where(Booking.instance_id == principal.instance_id)
-        if instance_id is not None:
-            auth.visible_instance(s, principal, instance_id)
-            stmt = stmt.where(Booking.instance_id == instance_id)
+        stmt = auth.on_instance(s, principal, stmt, Booking.instance_id, instance_id)
         if contact_id is not None:
             visible_contact(s, principal, contact_id)
             stmt = stmt.where(Booking.contact_id == contact_id)
@@ -92,10 +92,24 @@ def _decide(
                 f"the booking is already {booking.status.value}",
                 details={"status": booking.status.value},
             )
+        previous = booking.status.value
         booking.status = to
         booking.updated_at = utcnow()
         s.flush()
-        return booking_out(booking)
+        data = booking_data(booking, previous_status=previous)
+        deliveries = record_webhooks(
+            s,
+            tenant_id=booking.tenant_id,
+            event_id=booking_event_id(BOOKING_UPDATED, booking),
+            event_type=BOOKING_UPDATED,
+            instance_id=booking.instance_id,
+            data=data,
+        )
+        out = booking_out(booking)
+        tenant_id, instance_id = booking.tenant_id, booking.instance_id
+    g.bus.publish(tenant_id, BOOKING_UPDATED, instance_id, data)
+    webhook_tasks.enqueue(deliveries)
+    return out
 
 
 @router.post(

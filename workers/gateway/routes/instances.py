@@ -1,5 +1,6 @@
 """Instances of the calling tenant: create, list, get, update (name, pacing overrides, outbound
-pause), delete (soft; the instance's keys are destroyed)."""
+pause), delete (a linked instance is logged out first; then soft, the instance's keys are
+destroyed). Connect, disconnect, logout, QR and status are in routes.sessions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from storage.db import conflicts_wrapped
 from storage.errors import Conflict
 from storage.models import Instance
 from storage.repositories import instances as instance_repo
+from tasks import commands
 from tasks.accept import wake_instance
 from workers.gateway import auth, schemas, state
 from workers.gateway.errors import ApiError, error_responses
@@ -127,7 +129,9 @@ def update_instance(
 
 @router.delete("/{instance_id}", status_code=204)
 def delete_instance(instance_id: uuid.UUID, principal: auth.Admin, g: state.Dep) -> Response:
-    with g.sessions.begin() as s:
+    """A linked instance is logged out first (through its owner, tasks.commands.delete), then
+    soft-deleted with its secrets destroyed."""
+    with g.sessions() as s:
         auth.visible_instance(s, principal, instance_id)
-        instance_repo.delete_instance(s, instance_id, principal.tenant_id)
+    commands.delete(instance_id, principal.tenant_id)
     return Response(status_code=204)

@@ -244,11 +244,7 @@ def list_messages(
 ) -> dict[str, Any]:
     with g.sessions() as s:
         stmt = select(Message).where(Message.tenant_id == principal.tenant_id)
-        if instance_id is not None:
-            auth.visible_instance(s, principal, instance_id)
-            stmt = stmt.where(Message.instance_id == instance_id)
-        if principal.instance_id is not None:
-            stmt = stmt.where(Message.instance_id == principal.instance_id)
+        stmt = auth.on_instance(s, principal, stmt, Message.instance_id, instance_id)
         if contact_id is not None:
             visible_contact(s, principal, contact_id)
             stmt = stmt.where(Message.contact_id == contact_id)

@@ -95,11 +95,7 @@ def list_notes(
 ) -> dict[str, Any]:
     with g.sessions() as s:
         stmt = select(Note).where(Note.tenant_id == principal.tenant_id)
-        if instance_id is not None:
-            auth.visible_instance(s, principal, instance_id)
-            stmt = stmt.where(Note.instance_id == instance_id)
-        if principal.instance_id is not None:
-            stmt = stmt.where(Note.instance_id == principal.instance_id)
+        stmt = auth.on_instance(s, principal, stmt, Note.instance_id, instance_id)
         return pages.page(s, stmt, Note.id, limit, cursor, note_out)
 
 
