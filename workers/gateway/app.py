@@ -12,6 +12,7 @@ import copy
 import logging
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 import redis
 import uvicorn
@@ -100,6 +101,50 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class SingleQueryValues:
+    """Refuses an HTTP request that repeats a query parameter (`?phone=1&phone=2`): every query
+    parameter of this API takes one value, and silently using the last one would hide the
+    caller's mistake. Websocket handshakes are left to their own validation."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            query = bytes(scope["query_string"]).decode("latin-1")
+            names = [name for name, _ in parse_qsl(query, keep_blank_values=True)]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                error = errors.ApiError(
+                    400,
+                    "invalid_request",
+                    f"query parameter {repeated[0]!r} is given more than once",
+                    details={"field": repeated[0]},
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _drop_null_branch(parameter: dict[str, Any]) -> None:
+    """An optional parameter is documented as its value's schema alone: FastAPI writes
+    `anyOf: [X, {type: null}]`, but a query string, header or path has no null — leaving the
+    parameter out is how it is omitted — so the null branch would describe nothing a client can
+    send (and schema-driven clients would try to encode one)."""
+    schema = parameter.get("schema", {})
+    branches = schema.get("anyOf")
+    if not isinstance(branches, list):
+        return
+    kept = [b for b in branches if b != {"type": "null"}]
+    if len(kept) == len(branches):
+        return
+    del schema["anyOf"]
+    if len(kept) == 1:
+        schema.update(kept[0])
+    else:
+        schema["anyOf"] = kept
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema, with validation failures documented as they are answered: 400 with the
     one error body (FastAPI would describe 422 with its own body)."""
@@ -109,6 +154,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
     for path in schema.get("paths", {}).values():
         for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                _drop_null_branch(parameter)
             responses = operation.get("responses", {})
             if responses.pop("422", None) is not None:
                 responses.setdefault(
@@ -148,6 +195,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gateway
     app.state.metrics = Metrics(gateway)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(SingleQueryValues)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
@@ -175,9 +223,13 @@ def _log_config() -> dict[str, Any]:
 
 
 def run_gateway(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Serve the app. With WAFLEET_LOG_FORMAT=json the CLI has installed config.logging's JSON
+    handler and uvicorn's loggers propagate to it; otherwise text lines as uvicorn's own."""
+    as_json = settings.log_format == "json"
+    if not as_json:
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactSecrets())
     app = create_app(settings)
@@ -187,7 +239,7 @@ def run_gateway(settings: Settings) -> None:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
-        log_config=_log_config(),
+        log_config=None if as_json else _log_config(),
         proxy_headers=True,
         # uvicorn's access log prints query strings, and a websocket client may authenticate
         # with ?token=<API key>; MetricsMiddleware logs requests by route template instead.
