@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=3.0, gt=0, description="worker heartbeat period")
     rebalance_interval: float = Field(default=2.0, gt=0, description="assignment check period")
     session_stagger: float = Field(default=0.05, ge=0, description="s between session starts")
+    link_handover_grace: float = Field(
+        default=120.0, ge=0, description="s a linking session stays with its owner on rebalance"
+    )
 
     # --- webhooks ------------------------------------------------------------------------
     webhook_allow_private: bool = Field(

@@ -16,7 +16,9 @@ One `SessionHost` runs in each session worker's asyncio loop (DESIGN §3.1, §3.
   WhatsApp cannot check our token (a second socket for a device gets "conflict/replaced").
 * **Hand over** (assignment moved, or SIGTERM): stop consuming the queue → close the session
   (which drains in-flight sends) → release the lease. The new owner then acquires (token + 1),
-  opens, consumes, and rebuilds the backlog from the outbox.
+  opens, consumes, and rebuilds the backlog from the outbox. A rebalance leaves a session that
+  is in the middle of linking (`Linkable.linking`: a QR or code shown, or paired and not yet
+  logged in) with its owner for up to `link_grace` seconds; SIGTERM and a lost lease do not wait.
 
 The host knows nothing about WhatsApp: sessions come from a `SessionFactory`, consumers are
 switched through a `ConsumerControl` (the Celery consumer in production), and the host's database
@@ -69,6 +71,18 @@ class Commandable(Protocol):
 
 
 @runtime_checkable
+class Linkable(Protocol):
+    """A session that can be in the middle of linking (a QR or code shown, or paired and not yet
+    logged in)."""
+
+    linking: bool
+
+
+def _is_linking(session: object) -> bool:
+    return isinstance(session, Linkable) and session.linking
+
+
+@runtime_checkable
 class NumberChecker(Protocol):
     """A session that can ask WhatsApp whether a number has an account."""
 
@@ -100,6 +114,7 @@ class _Owned:
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     closing: bool = False  # a hand-over or drop began: never start consuming again
+    linking_since: float | None = None  # when a rebalance first found it linking
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,10 @@ class HostTiming:
     heartbeat_every: float
     rebalance_every: float
     stagger: float
+    # A rebalance leaves a linking session with its owner this long: handing it over would kill
+    # the QR or code a person is scanning, or cut the pairing between pair-success and the
+    # login (the new owner would log in as a device the server never registered → 401).
+    link_grace: float = 120.0
 
 
 class SessionHost:
@@ -228,7 +247,8 @@ class SessionHost:
         instances = await self._call(self._list_instances)
         desired = {i for i in instances if owner_of(str(i), members) == self.worker_id}
         for instance_id in [i for i in self._owned if i not in desired]:
-            await self._hand_over(instance_id)
+            if not self._linking_holds(instance_id, now):
+                await self._hand_over(instance_id)
         self._starts = 0
         for instance_id in sorted(desired - set(self._owned), key=str):
             if self._stopping.is_set():
@@ -236,6 +256,18 @@ class SessionHost:
             if self._owned and self._monotonic() >= self._next_renew:
                 await self._renew()  # a long burst of acquisitions must not outlive the first
             await self._acquire(instance_id)
+
+    def _linking_holds(self, instance_id: uuid.UUID, now: float) -> bool:
+        """Whether a rebalance leaves this instance here for now: it is linking, and has not
+        been for longer than the grace. Shutdown (SIGTERM) and a lost lease do not wait."""
+        owned = self._owned[instance_id]
+        if not _is_linking(owned.session):
+            owned.linking_since = None
+            return False
+        if owned.linking_since is None:
+            owned.linking_since = now
+            logger.info("instance %s is linking; its hand-over waits", instance_id)
+        return now - owned.linking_since < self._timing.link_grace
 
     async def _acquire(self, instance_id: uuid.UUID) -> None:
         started = self._monotonic()

@@ -128,6 +128,7 @@ class WhatsAppSession:
         self._link_phone: str | None = None
         self._code_requested = False
         self._logging_out = False
+        self._linking = False  # a QR or code is shown, or paired and not yet logged in
         self._lock = asyncio.Lock()  # one reconcile (open or command) at a time
 
     # -- Session ----------------------------------------------------------------------------
@@ -181,6 +182,11 @@ class WhatsAppSession:
                 await task
         for future in self._pending.values():
             future.cancel()
+
+    @property
+    def linking(self) -> bool:
+        """In the middle of linking: the host does not hand it over on a rebalance (bounded)."""
+        return self._linking and self._client is not None
 
     def wake(self, outbox_id: int) -> None:
         if self._actor is not None:
@@ -410,7 +416,9 @@ class WhatsAppSession:
                     if not self._code_requested:
                         self._code_requested = True
                         await client.request_pairing_code(self._link_phone)
+                        self._linking = True
                     return  # linking by code: the QR is not shown
+                self._linking = True
                 if event.index == 0:
                     await self._status(InstanceStatus.QR_PENDING)
                 await asyncio.to_thread(
@@ -421,10 +429,12 @@ class WhatsAppSession:
                     {"qr": event.code, "expires_at": event.expires_at, "index": event.index},
                 )
             case PairingCode():
+                self._linking = True
                 await self._status(InstanceStatus.CODE_PENDING)
                 await asyncio.to_thread(self._deps.linking.put_code, iid, event.code)
                 await self._emit("whatsapp:pairing-code", {"code": event.code})
             case Paired():
+                self._linking = True
                 await asyncio.to_thread(self._deps.linking.clear, iid)
                 await self._status(
                     InstanceStatus.CONNECTING,
@@ -434,6 +444,7 @@ class WhatsAppSession:
                 )
             case Connected():
                 self._qr_rounds = 0
+                self._linking = False
                 await asyncio.to_thread(self._deps.linking.clear, iid)
                 await self._status(
                     InstanceStatus.CONNECTED,
@@ -466,6 +477,7 @@ class WhatsAppSession:
                 if self._logging_out:
                     return  # a requested logout: _logout records it
                 banned = event.reason is DisconnectReason.TEMPORARY_BAN
+                self._linking = False
                 # Terminal: this client's closing Disconnected must not overwrite the state.
                 await self._stop_client()
                 await asyncio.to_thread(self._deps.linking.clear, iid)
@@ -507,6 +519,7 @@ class WhatsAppSession:
             await self._start_client()
             return
         logger.info("instance %s: %d QR rounds unscanned; linking stops", iid, self._qr_rounds)
+        self._linking = False
         await self._stop_client()
         await asyncio.to_thread(self._deps.linking.clear, iid)
         await self._status(InstanceStatus.DISCONNECTED)

@@ -189,6 +189,7 @@ def run_session_worker(
                 heartbeat_every=settings.heartbeat_interval,
                 rebalance_every=settings.rebalance_interval,
                 stagger=settings.session_stagger,
+                link_grace=settings.link_handover_grace,
             ),
         )
 
