@@ -1,8 +1,9 @@
 """Prometheus metrics of the gateway and of the fleet's queues, in one registry per app.
 
 Label sets are bounded: HTTP metrics are labelled by method, route TEMPLATE (`/v1/instances/
-{instance_id}`, or `unmatched` for unknown paths) and status; fleet gauges by status or static
-queue name. No tenant or instance ids ever become label values.
+{instance_id}`, or `unmatched` for unknown paths) and status; fleet gauges by instance state,
+outbox status or static queue name. No tenant or instance ids ever become label values. (Each
+session worker serves its own send/retry/reconnect metrics: workers.session.metrics.)
 
 Gauges read at scrape time (a custom collector, so a scrape always shows the current state of
 the whole fleet, whichever gateway replica answers):
