@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         default=812, ge=5, le=2000, description="one-time prekeys uploaded at first login"
     )
 
+    # --- metrics -------------------------------------------------------------------------
+    session_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="session worker /metrics port; 0 = off"
+    )
+    session_metrics_host: str = Field(
+        default="127.0.0.1", description="session worker /metrics address (0.0.0.0 in a pod)"
+    )
+
     # --- gateway and logging -------------------------------------------------------------
     gateway_host: str = Field(default="127.0.0.1")
     gateway_port: int = Field(default=8080, ge=1, le=65535)

@@ -121,6 +121,40 @@ def test_gateway_ports_and_probes_match_the_app() -> None:
     assert f"127.0.0.1:{GATEWAY_PORT}/readyz" in " ".join(compose["healthcheck"]["test"])
 
 
+def test_session_workers_serve_their_metrics_where_scraped() -> None:
+    """The session pods and the compose service turn the worker's metrics server on, on an
+    address reachable from outside the container, on the port the scrape annotations name."""
+    session = _containers()["wafleet-session/session"]
+    env = {e["name"]: e.get("value") for e in session["env"] if "value" in e}
+    settings = Settings(
+        session_metrics_host=env["WAFLEET_SESSION_METRICS_HOST"],
+        session_metrics_port=env["WAFLEET_SESSION_METRICS_PORT"],
+    )
+    assert settings.session_metrics_host == "0.0.0.0"
+    (port,) = session["ports"]
+    assert port == {"name": "metrics", "containerPort": settings.session_metrics_port}
+    annotations = _template_metadata("wafleet-session")["annotations"]
+    assert annotations["prometheus.io/port"] == str(settings.session_metrics_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert Settings.model_fields["session_metrics_port"].default == 0  # off unless deployed on
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["session"]
+    assert compose["environment"]["WAFLEET_SESSION_METRICS_HOST"] == "0.0.0.0"
+    assert int(compose["environment"]["WAFLEET_SESSION_METRICS_PORT"]) == port["containerPort"]
+    assert compose["expose"] == [str(port["containerPort"])]
+    # The service still gets the fleet's common environment (database, broker, master key).
+    assert "WAFLEET_DATABASE_URL" in compose["environment"]
+
+
+def _template_metadata(deployment: str) -> dict[str, Any]:
+    for path in K8S:
+        for d in _docs(path):
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == deployment:
+                metadata: dict[str, Any] = d["spec"]["template"]["metadata"]
+                return metadata
+    raise AssertionError(f"no {deployment} Deployment")
+
+
 def gateway_labels() -> dict[str, str]:
     for path in K8S:
         for d in _docs(path):

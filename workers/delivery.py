@@ -11,7 +11,8 @@ Pure and deterministic (rng and clock are passed in), so the rules are tested wi
 * `classify` — the ONE place that decides what a failed send means: RETRY (timeouts, a server
   hiccup), PARK (the socket closed mid-send: wait for the reconnect, no attempt burned), PAUSE
   the instance (rate limited, 463 reach-out timelock, temporary ban), or PERMANENT (not on
-  WhatsApp, invalid payload, logged out).
+  WhatsApp, invalid payload, logged out). `code_label` maps a code onto the bounded set the
+  session worker's metrics label failures with.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ RETRY_CODES = frozenset(
         "decrypt_session",
     }
 )
+
+
+KNOWN_CODES = PAUSE_CODES | PERMANENT_CODES | PARK_CODES | RETRY_CODES
+UPLOAD_PREFIX = "upload_"  # upload_<HTTP status> from the media host (workers.session.whatsapp)
+
+
+def code_label(failure: SendFailure) -> str:
+    """The failure's code as a metric label from a bounded set: a known code, `upload` for any
+    media-host status, else `other` (a server may answer any error attribute)."""
+    if failure.code in KNOWN_CODES:
+        return failure.code
+    return "upload" if failure.code.startswith(UPLOAD_PREFIX) else "other"
 
 
 def classify(failure: SendFailure) -> Outcome:

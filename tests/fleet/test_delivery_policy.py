@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.delivery import Outcome, Pacer, RetryPolicy, SendFailure, classify
+from workers.delivery import (
+    KNOWN_CODES,
+    Outcome,
+    Pacer,
+    RetryPolicy,
+    SendFailure,
+    classify,
+    code_label,
+)
 
 
 def test_default_schedule_with_jitter_bounds() -> None:
@@ -46,6 +54,23 @@ def test_delay_always_within_jitter(attempts: int, jitter: float) -> None:
 )
 def test_classification(code: str, outcome: Outcome) -> None:
     assert classify(SendFailure(code)) is outcome
+
+
+@given(st.text(max_size=40))
+def test_metric_code_labels_are_a_bounded_set(code: str) -> None:
+    """Whatever a server or the media host answers, the metrics' `code` label stays in the
+    known codes + `upload` + `other` (workers.session.metrics)."""
+    label = code_label(SendFailure(code))
+    assert label in KNOWN_CODES | {"upload", "other"}
+    if code in KNOWN_CODES:
+        assert label == code
+
+
+def test_metric_code_labels() -> None:
+    assert code_label(SendFailure("463")) == "463"
+    assert code_label(SendFailure("timeout")) == "timeout"
+    assert code_label(SendFailure("upload_503")) == "upload"
+    assert code_label(SendFailure("4711")) == "other"
 
 
 def test_gap_profile_30_45_plus_minus_10() -> None:

@@ -1,11 +1,19 @@
 """Prometheus metrics of the gateway and of the fleet's queues, in one registry per app.
 
 Label sets are bounded: HTTP metrics are labelled by method, route TEMPLATE (`/v1/instances/
-{instance_id}`, or `unmatched` for unknown paths) and status; fleet gauges by status or static
-queue name. No tenant or instance ids ever become label values.
+{instance_id}`, or `unmatched` for unknown paths) and status; fleet gauges by instance state,
+outbox status or static queue name. No tenant or instance ids ever become label values. (Each
+session worker serves its own send/retry/reconnect metrics: workers.session.metrics.)
 
-Gauges read at scrape time (a custom collector, so a scrape always shows the current state):
+Gauges read at scrape time (a custom collector, so a scrape always shows the current state of
+the whole fleet, whichever gateway replica answers):
+    wafleet_sessions{state}                 instances by status (every state, 0 included;
+                                            deleted instances excluded)
+    wafleet_instances_unowned               live instances no session worker holds a lease on
+    wafleet_instances_outbound_paused       live instances whose outbound is paused
     wafleet_outbox_depth{status}            unfinished outbound messages (queued, sending)
+    wafleet_outbox_retrying                 queued messages that failed an attempt and wait
+                                            for their next one (attempts > 0)
     wafleet_queue_depth{queue}              Redis LLEN of the static Celery queues (Redis broker)
     wafleet_webhook_lag_seconds             age of the oldest pending webhook delivery
     wafleet_webhook_pending                 pending webhook deliveries
@@ -20,10 +28,20 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from storage.models import DeliveryStatus, OutboxMessage, OutboxStatus, WebhookDelivery, utcnow
+from storage.leases import database_clock
+from storage.models import (
+    DeliveryStatus,
+    Instance,
+    InstanceLease,
+    InstanceStatus,
+    OutboxMessage,
+    OutboxStatus,
+    WebhookDelivery,
+    utcnow,
+)
 from tasks.queues import ACCEPT_QUEUE, HOUSEKEEPING_QUEUE, INBOUND_QUEUE, WEBHOOKS_QUEUE
 from workers.gateway.state import Gateway
 
@@ -41,8 +59,20 @@ class FleetCollector(Collector):
         self._g = gateway
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        sessions = GaugeMetricFamily(
+            "wafleet_sessions", "Instances (not deleted) by session state", labels=["state"]
+        )
+        unowned = GaugeMetricFamily(
+            "wafleet_instances_unowned", "Live instances without a session worker's lease"
+        )
+        paused = GaugeMetricFamily(
+            "wafleet_instances_outbound_paused", "Live instances whose outbound is paused"
+        )
         outbox = GaugeMetricFamily(
             "wafleet_outbox_depth", "Unfinished outbound messages by status", labels=["status"]
+        )
+        retrying = GaugeMetricFamily(
+            "wafleet_outbox_retrying", "Queued messages waiting for a retry (attempts > 0)"
         )
         lag = GaugeMetricFamily(
             "wafleet_webhook_lag_seconds", "Age of the oldest pending webhook delivery"
@@ -50,6 +80,30 @@ class FleetCollector(Collector):
         pending = GaugeMetricFamily("wafleet_webhook_pending", "Pending webhook deliveries")
         try:
             with self._g.sessions() as s:
+                live = Instance.deleted_at.is_(None)
+                states = dict(
+                    s.execute(
+                        select(Instance.status, func.count()).where(live).group_by(Instance.status)
+                    ).all()
+                )
+                held = and_(
+                    InstanceLease.instance_id == Instance.id,
+                    InstanceLease.owner.is_not(None),
+                    InstanceLease.expires_at > database_clock(s),
+                )
+                n_unowned = s.scalar(
+                    select(func.count())
+                    .select_from(Instance)
+                    .where(live, ~select(1).where(held).exists())
+                )
+                n_paused = s.scalar(
+                    select(func.count()).select_from(Instance).where(live, Instance.outbound_paused)
+                )
+                n_retrying = s.scalar(
+                    select(func.count())
+                    .select_from(OutboxMessage)
+                    .where(OutboxMessage.status == OutboxStatus.QUEUED, OutboxMessage.attempts > 0)
+                )
                 counts = dict(
                     s.execute(
                         select(OutboxMessage.status, func.count())
@@ -65,12 +119,21 @@ class FleetCollector(Collector):
         except Exception:  # a scrape must answer even when the database is down
             logger.warning("metrics: database unavailable", exc_info=True)
         else:
+            for state in InstanceStatus:
+                sessions.add_metric([state.value], float(states.get(state, 0)))
+            unowned.add_metric([], float(n_unowned or 0))
+            paused.add_metric([], float(n_paused or 0))
             for status in UNFINISHED:
                 outbox.add_metric([status.value], float(counts.get(status, 0)))
+            retrying.add_metric([], float(n_retrying or 0))
             age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
             lag.add_metric([], max(0.0, age))
             pending.add_metric([], float(count))
+        yield sessions
+        yield unowned
+        yield paused
         yield outbox
+        yield retrying
         yield lag
         yield pending
         queues = GaugeMetricFamily(

@@ -9,6 +9,8 @@
              instance's desired state (connect by QR/code, disconnect, logout)
     actor    `OutboundActor`: the outbox sent in per-chat order with pacing and retries
     media    outbound media bytes (inline, or an SSRF-guarded URL fetch) and their upload
+    metrics  the worker process's Prometheus metrics (sends, retries, reconnects, hosted
+             sessions), served on WAFLEET_SESSION_METRICS_PORT; bounded labels only
 
 Must not import: protocol.simulator.
 """

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.leases import Lease, held_by
 from storage.models import Instance, OutboxMessage, OutboxStatus, utcnow
 from workers.delivery import Outcome, Pacer, RetryPolicy, SendFailure, Uniform, classify
+from workers.session.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -315,12 +316,14 @@ class OutboundActor:
         if not await asyncio.to_thread(self._mark_sending, row):
             return
         message = OutboundMessage(row.id, row.wa_message_id, row.chat_jid, row.kind, row.payload)
-        self._pacer.sent(self._loop_time())
+        started = self._loop_time()
+        self._pacer.sent(started)
         try:
             await self._sender.send(message)
         except SendFailed as exc:
             outcome = classify(exc.failure)
             status = await asyncio.to_thread(self._mark_failed_attempt, row, exc.failure, outcome)
+            METRICS.attempt_failed(exc.failure, outcome, final=status is OutboxStatus.FAILED)
             if status is OutboxStatus.FAILED:
                 await self._emit(
                     "whatsapp:message-status",
@@ -333,6 +336,7 @@ class OutboundActor:
                     },
                 )
             return
+        METRICS.acked(row.created_at, self._loop_time() - started)
         await asyncio.to_thread(self._mark_sent, row)
         await self._emit(
             "whatsapp:message-status",

@@ -174,6 +174,11 @@ class SessionHost:
     def owned(self) -> set[uuid.UUID]:
         return set(self._owned)
 
+    @property
+    def lease_count(self) -> int:
+        """Leases held now (a plain length: safe to read from another thread, e.g. a scrape)."""
+        return len(self._owned)
+
     def wake(self, instance_id: uuid.UUID, outbox_id: int) -> bool:
         """Route a wake-up to the instance's session; False if this host does not own it."""
         owned = self._owned.get(instance_id)

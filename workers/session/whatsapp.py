@@ -87,6 +87,7 @@ from workers.routing import build_runtime
 from workers.session.actor import OutboundActor, OutboundMessage, SendFailed
 from workers.session.host import Session, SessionContext, SessionFactory
 from workers.session.media import MediaPolicy, media_bytes
+from workers.session.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class WhatsAppSession:
         async with self._lock:
             instance, linked = await asyncio.to_thread(self._load)
             self._tenant_id = instance.tenant_id
+            METRICS.sessions.set(iid, instance.status)
             s = deps.settings
             self._actor = OutboundActor(
                 instance_id=iid,
@@ -182,6 +184,7 @@ class WhatsAppSession:
                 await task
         for future in self._pending.values():
             future.cancel()
+        METRICS.sessions.forget(self._ctx.instance_id)
 
     @property
     def linking(self) -> bool:
@@ -456,6 +459,7 @@ class WhatsAppSession:
                 if self._actor is not None:
                     self._actor.wake()
             case Disconnected():
+                METRICS.disconnected(event)
                 if event.reason is DisconnectReason.QR_TIMEOUT:
                     async with self._lock:  # not while a command changes the client
                         if self._client is client:
@@ -610,7 +614,9 @@ class WhatsAppSession:
                     **values,
                 )
 
-        if not await asyncio.to_thread(write):
+        if await asyncio.to_thread(write):
+            METRICS.sessions.set(self._ctx.instance_id, status)
+        else:
             logger.warning("status change of %s refused: lease lost", self._ctx.instance_id)
 
     async def _emit(self, event_type: str, data: dict[str, Any]) -> None:

@@ -11,6 +11,10 @@ instance over before the process exits; a broker reconnect re-adds the owned que
 
 The session backend is a factory named `module:callable` (`--session-factory`): the callable
 takes the Settings and returns a `SessionFactory`.
+
+With `WAFLEET_SESSION_METRICS_PORT` set (default 0: off), the process serves its Prometheus
+metrics (workers.session.metrics) on `WAFLEET_SESSION_METRICS_HOST`:port/metrics; a port that
+cannot be bound stops the worker at start-up.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ from celery import bootsteps
 from sqlalchemy import select
 
 from config.logging import celery_flags
-from config.settings import Settings
+from config.settings import Settings, SettingsError
 from storage.leases import Leases, Membership
 from storage.models import Instance
 from tasks import runtime
 from tasks.queues import SESSION_QUEUE_PREFIX
 from workers.routing import build_runtime, configure_producer
 from workers.session.host import HostTiming, SessionFactory, SessionHost
+from workers.session.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +181,7 @@ def run_session_worker(
             return list(s.scalars(select(Instance.id).where(Instance.deleted_at.is_(None))))
 
     def make_host() -> SessionHost:
-        return SessionHost(
+        host = SessionHost(
             worker_id=me,
             leases=Leases(base.sessions, ttl=settings.lease_ttl),
             membership=Membership(base.sessions, member_ttl=settings.member_ttl),
@@ -192,6 +197,8 @@ def run_session_worker(
                 link_grace=settings.link_handover_grace,
             ),
         )
+        METRICS.count_leases(lambda: host.lease_count)
+        return host
 
     def deliver_hook(instance_id: uuid.UUID, outbox_id: int) -> bool:
         thread: HostThread | None = _STATE.get("thread")
@@ -219,6 +226,14 @@ def run_session_worker(
         )
     )
     _STATE.update(consumers=consumers, make_host=make_host)
+    if settings.session_metrics_port:
+        host, port = settings.session_metrics_host, settings.session_metrics_port
+        try:
+            METRICS.serve(host, port)
+        except OSError as exc:
+            raise SettingsError(
+                "WAFLEET_SESSION_METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
     app.steps["consumer"].add(SessionHostStep)
     app.worker_main(
         [
