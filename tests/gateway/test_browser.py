@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
 
 from config.settings import Settings
 from protocol.simulator import Simulator
@@ -53,7 +55,10 @@ def until(what: str, check: Callable[[], T | None], timeout: float = WAIT) -> T:
     """Poll `check` (state written by other processes or the browser) until it is truthy."""
     tick = threading.Event()
     for _ in range(int(timeout * 5)):
-        value = check()
+        try:
+            value = check()
+        except StaleElementReferenceException:
+            value = None  # the page re-rendered that part between finding and reading it
         if value:
             return value
         tick.wait(0.2)
@@ -155,8 +160,6 @@ def _screenshot(driver: Any, name: str) -> Path:
 def test_admin_page_links_by_qr_and_code_and_sends(
     browser: Any, fleet: tuple[Process, httpx.Client]
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     gateway, control = fleet
     driver = browser
     http = httpx.Client(base_url=gateway.url, timeout=WAIT)
