@@ -46,6 +46,8 @@ from workers.delivery import Pacer, RetryPolicy
 from workers.session import actor as actor_module
 from workers.session.actor import OutboundActor, OutboundMessage
 
+RESCAN = float(getattr(actor_module, "RESCAN", 30.0))  # before: IDLE_WAIT, 30 s
+
 DATABASE_URL = os.environ.get(
     "WAFLEET_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -121,6 +123,7 @@ class Bench:
         extra: dict[str, Any] = {}
         if "events" in params:  # this branch: status events recorded with the row moves
             extra["events"] = actor_module.StatusEvents(self.bus, self.tenant_id, lambda ids: None)
+            extra["rescan"] = self.args.rescan
         else:  # before: one publish_event transaction per event (as WhatsAppSession._emit)
             tenant_id = self.tenant_id
 
@@ -236,12 +239,12 @@ def run(args: argparse.Namespace) -> str:
             f"{send['cpu_ms_per_msg']:.2f} ms per sent message "
             f"(feeder {send['feeder_ms_per_msg']:.2f} ms/msg subtracted); load {_load()}"
         )
-        for connected in (True, False):
+        for connected in (True, False) if args.idle else ():
             idle = asyncio.run(bench.run_idle(connected))
             what = "connected" if connected else "parked (no socket)"
             lines.append(
-                f"idle, {args.instances} actors {what}: {idle['share'] * 100:.1f}% of one core "
-                f"over {idle['wall']:.0f} s; load {_load()}"
+                f"idle, {args.instances} actors {what}, rescan {args.rescan:g} s: "
+                f"{idle['share'] * 100:.1f}% of one core over {idle['wall']:.0f} s; load {_load()}"
             )
     finally:
         bench.close()
@@ -257,7 +260,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=100)
     p.add_argument("--rate", type=float, default=100.0, help="offered msg/s")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the send phase")
-    p.add_argument("--idle", type=float, default=60.0, help="seconds of each idle measurement")
+    p.add_argument("--idle", type=float, default=60.0, help="seconds of each idle phase; 0: none")
+    p.add_argument(
+        "--rescan", type=float, default=RESCAN, help="actors' safety rescan (this branch only)"
+    )
     p.add_argument("--settle", type=float, default=20.0, help="seconds before idle is measured")
     args = p.parse_args(argv)
     if args.quick:

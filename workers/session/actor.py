@@ -11,11 +11,14 @@ One pass, in as few transactions as possible:
   and outbound is not paused;
 * **send** them one after another, each waiting for its server ack. Before each send the host's
   local lease deadline (`fenced_in`) is checked, and a row is sent only within CLAIM_FRESH of
-  its claim's database fence check; the rest go back through the next claim;
-* **settle** — one transaction records the batch's outcomes (`sent`, retries, failures,
-  expiries, releases), the instance's sent counter, the status events' webhook rows, and
-  claims the next batch. Status events reach the tenant's stream after that commit.
-So a message costs about two transactions when it arrives alone and fewer in a burst.
+  the last database fence check; otherwise the rest go back through a new claim;
+* **settle** — after each send one transaction records its outcome (`sent` and the instance's
+  counter, a retry, a failure; expiries; releases) with the status event's webhook rows; then,
+  while claimed rows remain, it re-checks that outbound was not paused meanwhile (else they go
+  back to `queued`), and once none remain it claims the next batch. Status events reach the
+  tenant's stream after that commit.
+So a message costs two transactions when it arrives alone, and one plus a share of a claim in
+a burst (before: a head scan, a `sending` move, a `sent` move and an event, each its own).
 
 Order: per chat, only the lowest unfinished `chat_seq` may be sent (a failed attempt that will
 be retried blocks the chat's later messages, so they still leave in accept order); chats are
@@ -241,8 +244,9 @@ class OutboundActor:
             more = not queue and not self.stopping and self._sender.connected()
             limit = self._allowance() if more else 0
             step = await asyncio.to_thread(self._settle_and_claim, batch, queue, limit)
+            claimed_at = self._loop_time()  # its fenced moves or its claim checked the fence
             if step.rows:
-                queue, claimed_at = step.rows, self._loop_time()
+                queue = step.rows
             elif not step.went_on:
                 return None  # paused meanwhile (the rest went back): a resume wakes us
             if not queue and limit == 0 and not self.stopping:
@@ -314,17 +318,19 @@ class OutboundActor:
                 went_on = False
             rows = outbox.claim_heads(conn, fence, limit) if limit else []
             wait: float | None = 0.0
-            if len(rows) < limit:
+            fenced_out = False
+            if limit and not rows:  # why nothing, and when the next head falls due
                 state = outbox.head_state(conn, fence)
-                if state.gone or (not rows and not state.fenced_in):
-                    raise FencedOut
+                fenced_out = state.gone or not state.fenced_in
                 if state.paused or state.next_due is None:
                     wait = None  # a resume or an accept wakes us
-                elif not rows:
+                else:
                     due_in = (state.next_due - fence.now).total_seconds()
                     wait = max(RECHECK, due_in)  # ≤ 0: a due head is locked; look again soon
         if events and self._events is not None:
             self._events.announce(self.instance_id, events, deliveries)
+        if fenced_out:  # after the commit: what this batch did is recorded
+            raise FencedOut
         return _Pass(rows, wait, went_on)
 
     def _settle(self, conn: Any, fence: Fence, batch: _Batch, events: list[Event]) -> None:
