@@ -328,7 +328,10 @@ class OutboundActor:
                     due_in = (state.next_due - fence.now).total_seconds()
                     wait = max(RECHECK, due_in)  # ≤ 0: a due head is locked; look again soon
         if events and self._events is not None:
-            self._events.announce(self.instance_id, events, deliveries)
+            try:
+                self._events.announce(self.instance_id, events, deliveries)
+            except Exception:  # the moves and webhook rows are committed; the stream is a notice
+                logger.exception("status events of %s not announced", self.instance_id)
         if fenced_out:  # after the commit: what this batch did is recorded
             raise FencedOut
         return _Pass(rows, wait, went_on)
