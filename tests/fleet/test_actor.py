@@ -401,3 +401,25 @@ def test_sent_and_failed_status_events_are_recorded_with_the_moves(
     ]
     rows = rig.rows()
     assert {e.data["id"] for e in events} == {r.wa_message_id for r in rows.values()}
+
+
+def test_a_parked_message_expires_on_time_without_a_wake_up(rig: Rig) -> None:
+    """Disconnected, the actor sleeps until the earliest expiry it knows of (hourly rescans)."""
+    rig.sender.is_connected = False
+    rig.accept("A", "A1")
+    rig.accept("B", "B1")
+    with rig.pg.begin() as s:
+        s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.payload["text"].as_string() == "A1")
+            .values(expires_at=utcnow() + timedelta(seconds=0.5))
+        )
+
+    def expired() -> bool:
+        return rig.rows()["A1"].status is OutboxStatus.EXPIRED
+
+    asyncio.run(rig.run_until(expired))
+    rows = rig.rows()
+    assert (rows["A1"].attempts, rows["A1"].last_error_code) == (0, "expired")
+    assert rows["B1"].status is OutboxStatus.QUEUED  # no expiry: parked, untouched
+    assert rig.sender.attempts == []
