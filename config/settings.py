@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     park_expiry: float = Field(
         default=0.0, ge=0, description="expire parked sends after s; 0=never"
     )
+    outbox_rescan: float = Field(
+        default=300.0, gt=0, description="s between an idle actor's safety rescans (±20%)"
+    )
 
     # --- fleet ---------------------------------------------------------------------------
     lease_ttl: float = Field(default=30.0, gt=0, description="seconds an instance lease lives")

@@ -65,29 +65,49 @@ def record_webhooks(
     Idempotent on (endpoint, event_id): a redelivered inbound message adds nothing twice.
     Returns the ids of the new deliveries (to enqueue after commit).
     """
+    return record_webhooks_many(
+        session,
+        tenant_id=tenant_id,
+        instance_id=instance_id,
+        events=[(event_id, event_type, data)],
+    )
+
+
+def record_webhooks_many(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    instance_id: uuid.UUID | None,
+    events: list[tuple[str, str, dict[str, Any]]],
+) -> list[int]:
+    """`record_webhooks` for several (event_id, event_type, data) of one tenant and instance,
+    reading the tenant's endpoints once."""
+    if not events:
+        return []
     endpoints = session.scalars(
         select(WebhookEndpoint).where(
             WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True)
         )
     ).all()
-    payload = {
-        "id": event_id,
-        "type": event_type,
-        "instance_id": None if instance_id is None else str(instance_id),
-        "data": data,
-    }
     new: list[int] = []
-    for endpoint in endpoints:
-        if wants(endpoint, event_type, instance_id):
-            stored = enqueue_delivery(
-                session,
-                endpoint=endpoint,
-                event_id=event_id,
-                event_type=event_type,
-                payload=payload,
-            )
-            if stored.created:
-                new.append(stored.id)
+    for event_id, event_type, data in events:
+        payload = {
+            "id": event_id,
+            "type": event_type,
+            "instance_id": None if instance_id is None else str(instance_id),
+            "data": data,
+        }
+        for endpoint in endpoints:
+            if wants(endpoint, event_type, instance_id):
+                stored = enqueue_delivery(
+                    session,
+                    endpoint=endpoint,
+                    event_id=event_id,
+                    event_type=event_type,
+                    payload=payload,
+                )
+                if stored.created:
+                    new.append(stored.id)
     return new
 
 

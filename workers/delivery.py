@@ -6,7 +6,8 @@ Pure and deterministic (rng and clock are passed in), so the rules are tested wi
   repeats) up to `max_attempts`, then `failed` (DESIGN §3.5). The schedule lives in the outbox
   row (`attempts`, `next_attempt_at`), never in a broker countdown.
 * `Pacer` — per instance: a gap drawn from [min_gap, max_gap] ± jitter between two sends (e.g.
-  the 30–45 s ±10 s profile some tenants want) and a token bucket (rate, burst). Waiting for the
+  the 30–45 s ±10 s profile some tenants want) and a token bucket (rate, burst); `allowance`
+  says how many sends may leave back to back (the actor claims that many). Waiting for the
   pacer is not an attempt.
 * `classify` — the ONE place that decides what a failed send means: RETRY (timeouts, a server
   hiccup), PARK (the socket closed mid-send: wait for the reconnect, no attempt burned), PAUSE
@@ -142,6 +143,15 @@ class Pacer:
         self._refill(now)
         bucket_at = now if self._tokens >= 1 else now + (1 - self._tokens) / self._rate
         return max(now, bucket_at, self._next_gap_at)
+
+    def allowance(self, now: float) -> int:
+        """How many sends may leave back to back from `now` (0: not before `ready_at`): the
+        whole bucket without a gap, one with a gap (it is drawn anew after each send)."""
+        if self.ready_at(now) > now:
+            return 0
+        if self._max_gap > 0 or self._jitter > 0:
+            return 1
+        return int(self._tokens)
 
     def sent(self, now: float) -> None:
         """Record a send at `now` (spends a token, draws the next gap)."""

@@ -1,7 +1,9 @@
-"""The outbound actor on real Postgres (DESIGN §3.3–§3.6): per-chat order with retries,
-progressive retries from the outbox, permanent failures, pause on 463, parking while
-disconnected without burning attempts, and stopping when fenced out. The WhatsApp side is a
-scripted `Sender` (the session's send path)."""
+"""The outbound actor on real Postgres and on SQLite (the embedded default) (DESIGN §3.3–§3.6):
+per-chat order with retries, progressive retries from the outbox, permanent failures, pause on
+463, parking while disconnected without burning attempts, stopping when fenced out, batched
+claims (one head per chat, fenced), and idle actors that wake on a known due time or a safety
+rescan without a wake-up. The WhatsApp side is a scripted `Sender` (the session's send path).
+Actors here rescan only hourly unless a test says otherwise, so nothing relies on polling."""
 
 from __future__ import annotations
 
@@ -9,18 +11,21 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+import redis
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.bus import EventBus
 from storage.crypto import Keyring
 from storage.leases import Lease, Leases
-from storage.models import Instance, OutboxMessage, OutboxStatus
-from storage.repositories import instances, outbox, tenants
+from storage.models import Instance, OutboxMessage, OutboxStatus, WebhookDelivery, utcnow
+from storage.repositories import instances, outbox, tenants, webhooks
 from workers.delivery import Pacer, RetryPolicy, SendFailure
-from workers.session.actor import OutboundActor, OutboundMessage, SendFailed
+from workers.session.actor import OutboundActor, OutboundMessage, SendFailed, StatusEvents
 
 Factory = sessionmaker[Session]
 
@@ -52,6 +57,10 @@ class ScriptedSender:
 class Rig:
     def __init__(self, pg: Factory, keyring: Keyring) -> None:
         self.pg = pg
+        self.keyring = keyring
+        self.rescan = 3600.0
+        self.uniform: Callable[[float, float], float] = lambda a, b: a
+        self.events: StatusEvents | None = None
         with pg.begin() as s:
             tenant = tenants.create_tenant(s, f"actor-{uuid.uuid4().hex[:6]}")
             self.tenant_id = tenant.id
@@ -71,13 +80,15 @@ class Rig:
             sender=self.sender,
             policy=RetryPolicy(schedule=(0.05, 0.1), jitter=0.0, max_attempts=3),
             pacer=Pacer(rate=1000, burst=1000, uniform=lambda a, b: a),
-            uniform=lambda a, b: a,
+            uniform=self.uniform,
             loop_time=lambda: asyncio.get_running_loop().time(),
+            events=self.events,
+            rescan=self.rescan,
         )
 
-    def accept(self, chat: str, text: str) -> None:
+    def accept(self, chat: str, text: str, due_in: float = 0.0) -> None:
         with self.pg.begin() as s:
-            outbox.accept_outbound(
+            row, _ = outbox.accept_outbound(
                 s,
                 tenant_id=self.tenant_id,
                 instance_id=self.instance_id,
@@ -87,6 +98,12 @@ class Rig:
                 kind="text",
                 payload={"text": text},
             )
+            if due_in:
+                row.next_attempt_at = utcnow() + timedelta(seconds=due_in)
+
+    def fence(self, lease: Lease | None = None) -> outbox.Fence:
+        lease = lease or self.lease
+        return outbox.Fence(self.instance_id, lease.owner, lease.token, utcnow())
 
     def rows(self) -> dict[str, OutboxMessage]:
         with self.pg() as s:
@@ -108,8 +125,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(pg: Factory, keyring: Keyring) -> Rig:
-    return Rig(pg, keyring)
+def rig(db: Factory, keyring: Keyring) -> Rig:
+    return Rig(db, keyring)
 
 
 def _by_chat(texts: list[str], chat: str) -> list[str]:
@@ -246,3 +263,163 @@ def test_an_early_receipt_does_not_stop_the_actor(rig: Rig) -> None:
     assert rows["A1"].status is OutboxStatus.DELIVERED
     assert rows["A1"].sent_at is not None
     assert rows["A2"].status is OutboxStatus.SENT
+
+
+def test_a_claim_takes_one_head_per_chat_and_only_under_the_fence(rig: Rig) -> None:
+    for text in ("A1", "A2", "B1", "B2", "C1"):
+        rig.accept(text[0], text)
+    with rig.pg.begin() as s:
+        claimed = outbox.claim_heads(s.connection(), rig.fence(), 10)
+    assert sorted(str(c.payload["text"]) for c in claimed) == ["A1", "B1", "C1"]
+    rows = rig.rows()
+    assert {t for t, r in rows.items() if r.status is OutboxStatus.SENDING} == {"A1", "B1", "C1"}
+    with rig.pg.begin() as s:  # a head left `sending` (a crash) is claimed again, nothing after it
+        again = outbox.claim_heads(s.connection(), rig.fence(), 10)
+    assert sorted(str(c.payload["text"]) for c in again) == ["A1", "B1", "C1"]
+    with rig.pg.begin() as s:  # the limit: the heads that fell due first
+        assert len(outbox.claim_heads(s.connection(), rig.fence(), 2)) == 2
+    stale = rig.fence()
+    rig.leases.release(rig.lease)
+    other = rig.leases.acquire(rig.instance_id, "w2")
+    assert other is not None
+    with rig.pg.begin() as s:
+        conn = s.connection()
+        assert outbox.claim_heads(conn, stale, 10) == []
+        assert not outbox.mark_sent(conn, stale, claimed[0].id, utcnow())
+        assert not outbox.is_fenced_in(conn, stale)
+        assert len(outbox.claim_heads(conn, rig.fence(other), 10)) == 3
+    assert {r.status for r in rig.rows().values() if r.status is OutboxStatus.SENT} == set()
+
+
+def test_a_fenced_out_owner_sends_nothing_more_of_its_batch(rig: Rig) -> None:
+    """Three chats are claimed in one batch; the lease moves to another worker during the first
+    send: the owner records nothing, sends nothing more and stops; the new owner claims all
+    three (the first is sent again with its WhatsApp message id)."""
+    for text in ("A1", "B1", "C1"):
+        rig.accept(text[0], text)
+    original = rig.sender.send
+    taken: list[Lease] = []
+
+    async def send_then_lose_the_lease(message: OutboundMessage) -> None:
+        await original(message)
+        if not taken:
+
+            def take_over() -> None:
+                rig.leases.release(rig.lease)
+                lease = rig.leases.acquire(rig.instance_id, "w2")
+                assert lease is not None
+                taken.append(lease)
+
+            await asyncio.to_thread(take_over)
+
+    rig.sender.send = send_then_lose_the_lease  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await asyncio.wait_for(rig.actor.run(), 30)  # returns by itself: fenced out
+
+    asyncio.run(scenario())
+    assert len(rig.sender.sent) == 1
+    rows = rig.rows()
+    assert {r.status for r in rows.values()} == {OutboxStatus.SENDING}
+    with rig.pg.begin() as s:
+        heads = outbox.claim_heads(s.connection(), rig.fence(taken[0]), 10)
+    assert sorted(str(c.payload["text"]) for c in heads) == ["A1", "B1", "C1"]
+    assert {c.wa_message_id for c in heads} == {r.wa_message_id for r in rows.values()}
+
+
+def test_an_idle_actor_wakes_for_a_retry_without_a_wake_up(rig: Rig) -> None:
+    """Nothing wakes the actor and it rescans only hourly: the retry leaves at its
+    next_attempt_at, which the actor learned when it recorded the failure."""
+    rig.sender.failures["A1"] = ["timeout"]
+    rig.accept("A", "A1")
+    asyncio.run(rig.run_until(lambda: rig.sender.sent == ["A1"]))
+    assert rig.sender.attempts == ["A1", "A1"]
+    assert rig.rows()["A1"].attempts == 2
+
+
+def test_an_idle_actor_wakes_when_a_head_falls_due(rig: Rig) -> None:
+    """A row due later (a previous owner's retry) is sent when due, without a wake-up."""
+    rig.accept("A", "A1", due_in=0.5)
+    asyncio.run(rig.run_until(lambda: rig.sender.sent == ["A1"]))
+    assert rig.actor.passes >= 2  # the first pass found it not yet due
+
+
+def test_the_safety_rescan_finds_a_row_accepted_without_a_wake_up(rig: Rig) -> None:
+    rig.rescan = 0.2
+
+    async def scenario() -> None:
+        rig.sender.progress = asyncio.Event()
+        sleeping = asyncio.Event()
+
+        def uniform(a: float, b: float) -> float:
+            sleeping.set()  # the actor draws its rescan jitter when a pass is over
+            return a
+
+        rig.uniform = uniform
+        actor = rig.make_actor()
+        task = asyncio.create_task(actor.run())
+        try:
+            async with asyncio.timeout(30):
+                await sleeping.wait()  # the first pass found nothing and the actor sleeps
+                await asyncio.to_thread(rig.accept, "A", "A1")  # no wake-up is sent
+                while not rig.sender.sent:
+                    rig.sender.progress.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(rig.sender.progress.wait(), 0.5)
+        finally:
+            actor.stop()
+            await task
+        assert actor.passes >= 2
+
+    asyncio.run(scenario())
+    assert rig.sender.sent == ["A1"]
+
+
+def test_sent_and_failed_status_events_are_recorded_with_the_moves(
+    rig: Rig, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    bus = EventBus(redis_client, f"{redis_prefix}-actor-{uuid.uuid4().hex[:6]}")
+    enqueued: list[int] = []
+    rig.events = StatusEvents(bus, rig.tenant_id, enqueued.extend)
+    with rig.pg.begin() as s:
+        webhooks.create_endpoint(s, rig.keyring, rig.tenant_id, "https://hooks.example/x")
+    rig.sender.always["B1"] = "not_on_whatsapp"
+    for text in ("A1", "A2", "B1"):
+        rig.accept(text[0], text)
+    asyncio.run(rig.run_until(lambda: len(rig.sender.attempts) == 3))
+    with rig.pg() as s:
+        deliveries = s.scalars(select(WebhookDelivery)).all()
+        assert s.scalar(select(func.count()).select_from(WebhookDelivery)) == 3
+    statuses = sorted(d.payload["data"]["status"] for d in deliveries)
+    assert statuses == ["failed", "sent", "sent"]
+    assert sorted(enqueued) == sorted(d.id for d in deliveries)
+    events = bus.read(rig.tenant_id).events
+    assert sorted((e.data["status"], e.data.get("code")) for e in events) == [
+        ("failed", "not_on_whatsapp"),
+        ("sent", None),
+        ("sent", None),
+    ]
+    rows = rig.rows()
+    assert {e.data["id"] for e in events} == {r.wa_message_id for r in rows.values()}
+
+
+def test_a_parked_message_expires_on_time_without_a_wake_up(rig: Rig) -> None:
+    """Disconnected, the actor sleeps until the earliest expiry it knows of (hourly rescans)."""
+    rig.sender.is_connected = False
+    rig.accept("A", "A1")
+    rig.accept("B", "B1")
+    with rig.pg.begin() as s:
+        s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.payload["text"].as_string() == "A1")
+            .values(expires_at=utcnow() + timedelta(seconds=0.5))
+        )
+
+    def expired() -> bool:
+        return rig.rows()["A1"].status is OutboxStatus.EXPIRED
+
+    asyncio.run(rig.run_until(expired))
+    rows = rig.rows()
+    assert (rows["A1"].attempts, rows["A1"].last_error_code) == (0, "expired")
+    assert rows["B1"].status is OutboxStatus.QUEUED  # no expiry: parked, untouched
+    assert rig.sender.attempts == []

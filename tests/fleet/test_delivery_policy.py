@@ -106,3 +106,17 @@ def test_no_pacing_by_default_means_no_wait() -> None:
     assert pacer.ready_at(5.0) == 5.0
     pacer.sent(5.0)
     assert pacer.ready_at(5.0) == 5.0
+
+
+def test_allowance_is_the_bucket_without_a_gap_and_one_with_a_gap() -> None:
+    bucket = Pacer(rate=1, burst=5, uniform=lambda a, b: a)
+    assert bucket.allowance(0.0) == 5
+    for _ in range(5):
+        bucket.sent(0.0)
+    assert bucket.allowance(0.0) == 0  # empty: wait for ready_at
+    assert bucket.allowance(2.0) == 2  # refilled two tokens
+    gap = Pacer(min_gap=30, max_gap=45, rate=10, burst=20, uniform=lambda a, b: a)
+    assert gap.allowance(0.0) == 1  # one at a time: the gap is drawn after each send
+    gap.sent(0.0)
+    assert gap.allowance(29.0) == 0
+    assert gap.allowance(30.0) == 1

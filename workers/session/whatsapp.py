@@ -84,7 +84,7 @@ from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_TASK
 from tasks.webhooks import enqueue as enqueue_webhooks
 from workers.delivery import Pacer, RetryPolicy, SendFailure
 from workers.routing import build_runtime
-from workers.session.actor import OutboundActor, OutboundMessage, SendFailed
+from workers.session.actor import OutboundActor, OutboundMessage, SendFailed, StatusEvents
 from workers.session.host import Session, SessionContext, SessionFactory
 from workers.session.media import MediaPolicy, media_bytes
 from workers.session.metrics import METRICS
@@ -151,7 +151,9 @@ class WhatsAppSession:
                 uniform=random.uniform,
                 loop_time=lambda: asyncio.get_running_loop().time(),
                 park_expiry=s.park_expiry,
-                on_event=self._emit,
+                events=StatusEvents(deps.bus, instance.tenant_id, enqueue_webhooks),
+                fenced_in=self._ctx.is_fenced_in,
+                rescan=s.outbox_rescan,
             )
             self._tasks.append(asyncio.create_task(self._actor.run()))
             await self._reconcile(instance, linked, opening=True)
