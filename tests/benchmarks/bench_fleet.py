@@ -1135,12 +1135,12 @@ def _analysis(res: Results) -> list[str]:
         out.append(
             "- In the session worker, the time goes to the outbox actor's database work"
             + under
-            + ": per message a wake-up task, a head scan (`_due_heads`, 2 statements), "
-            "`sending` and `sent` moves (fenced UPDATEs) and the status event — 4 transactions "
-            "through a 6-thread executor, where building SQLAlchemy statements costs more CPU "
-            "than Postgres spends running them (py-spy `--gil` during this work: "
-            "`sqlalchemy/sql/coercions.py` `expect` is the top leaf). Signal encryption is a "
-            "minor part (bench:signal)."
+            + ": per accepted message a `wafleet.deliver` wake-up task, then claim-and-settle "
+            "passes — one fenced `UPDATE … RETURNING` claims up to 16 due chat heads, and "
+            "after the sends one transaction records every outcome (sent move, counter, the "
+            "status events' webhook rows) together with the next claim: two transactions for "
+            "a message that arrives alone, fewer per message in a burst. The statements are "
+            "built once (bind parameters). Signal encryption is a minor part (bench:signal)."
         )
     targets = [s for s in res.sizes if s.target is not None]
     for s in targets:
@@ -1183,9 +1183,11 @@ def _analysis(res: Results) -> list[str]:
             "- Instances (queues) per session worker — idle CPU of owning them (share of one "
             "core, 5 s without messages) and burst throughput by fleet size: "
             + "; ".join(parts)
-            + ". The idle cost grows with the instance count on both brokers: every owned "
-            "instance's outbox actor rescans the outbox every 30 s (`IDLE_WAIT`, 2 statements), "
-            "and on Redis the worker's BRPOP names every owned queue (DESIGN §3.4)."
+            + ". An idle outbox actor costs nothing between events: it sleeps until a "
+            "wake-up, its next due time (a retry, a pacing gap, a parked message's expiry) or a "
+            "jittered safety rescan (`WAFLEET_OUTBOX_RESCAN`, default 300 s); what grows with "
+            "the instance count is the sessions' keepalives and, on Redis, the worker's BRPOP "
+            "naming every owned queue (DESIGN §3.4)."
             + (
                 " Compare the 5,000 rows with the 1,000 rows for the per-worker ceiling."
                 if 5000 in sizes
@@ -1199,13 +1201,8 @@ def _analysis(res: Results) -> list[str]:
             f"- At 1,000 instances the worker collapsed rather than slowed (burst "
             f"{large.burst.throughput:.0f}/s against {small.burst.throughput:.0f}/s at 100; "
             f"messages still unsent at the end of a run's wait count as lost above, they are "
-            f"sent later). Its log shows why: it missed its own lease renewals and self-fenced "
-            f"all its instances, again and again, then re-acquired them and logged them in "
-            f"again — the host's renewals were queued in the event loop's shared 6-thread "
-            f"executor behind 1,000 sessions' database work on an overloaded machine. Fixed "
-            f"after this run in `workers/session/host.py` (the host's lease work has its own "
-            f"thread and long acquisition bursts renew what they hold); these figures predate "
-            f"the fix."
+            f"sent later): the session worker's log of this run tells whether it self-fenced "
+            f'("could not renew the lease") or queued behind its executor.'
         )
     for i in res.inbound[:1]:
         ms = i.per_message.get("inbound", 0.0)
