@@ -9,13 +9,15 @@ redelivered task or a repeated decision records no second webhook delivery."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.bus import EventBus
-from storage.models import Booking, WebhookEndpoint
+from storage.models import Booking, WebhookDelivery, WebhookEndpoint
+from storage.repositories.upsert import insert_many_or_ignore
 from storage.repositories.webhooks import enqueue_delivery
 
 BOOKING_CREATED = "booking:created"
@@ -89,6 +91,43 @@ def record_webhooks(
             if stored.created:
                 new.append(stored.id)
     return new
+
+
+def record_webhooks_many(
+    session: Session,
+    tenant_id: uuid.UUID,
+    events: Sequence[tuple[str, str, uuid.UUID | None, dict[str, Any]]],
+) -> list[int]:
+    """`record_webhooks` for a batch of the tenant's (event id, type, instance, data) events:
+    the endpoints are read once and the deliveries written in one statement."""
+    if not events:
+        return []
+    endpoints = session.scalars(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    rows = [
+        {
+            "tenant_id": endpoint.tenant_id,
+            "endpoint_id": endpoint.id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "payload": {
+                "id": event_id,
+                "type": event_type,
+                "instance_id": None if instance_id is None else str(instance_id),
+                "data": data,
+            },
+        }
+        for event_id, event_type, instance_id, data in events
+        for endpoint in endpoints
+        if wants(endpoint, event_type, instance_id)
+    ]
+    inserted = insert_many_or_ignore(
+        session, WebhookDelivery, rows, ("endpoint_id", "event_id"), ("id",)
+    )
+    return [int(r.id) for r in inserted]
 
 
 def publish_event(
