@@ -12,9 +12,11 @@ A `WhatsAppSession`:
   are destroyed and the state is logged_out. A `command_seq` is applied once;
 * pumps the client's events: QR codes and pairing codes (also stored for the gateway in Redis,
   storage.linking, until they expire or the instance connects), connected/disconnected/logged
-  out → fenced instance status updates + fleet events (webhooks + the tenant's stream); a
-  decrypted message → `wafleet.route_inbound` published to the broker, and only then
-  confirmed to WhatsApp (ack after persist, DESIGN §3.7); receipts → `wafleet.message_status`;
+  out → fenced instance status updates + fleet events (webhooks + the tenant's stream);
+  decrypted messages → gathered briefly (workers.session.inbound: `inbound_batch_size`,
+  `inbound_batch_linger`) into one `wafleet.route_inbound_batch` published to the broker, and
+  only then each confirmed to WhatsApp (ack after persist, DESIGN §3.7); a closing session
+  publishes what is waiting first; receipts → `wafleet.message_status`;
 * runs the `OutboundActor`, whose `Sender` is this session: text and media (workers.session.
   media: inline bytes or a guarded URL fetch, uploaded to the server's media host) are sent with
   the preassigned WhatsApp message id; a send waits for the server ack and maps errors to
@@ -80,12 +82,13 @@ from storage.repositories.instances import destroy_device, update_fenced
 from tasks.app import app
 from tasks.events import publish_event
 from tasks.inbound import InboundMessage
-from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_TASK
+from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_BATCH_TASK
 from tasks.webhooks import enqueue as enqueue_webhooks
 from workers.delivery import Pacer, RetryPolicy, SendFailure
 from workers.routing import build_runtime
 from workers.session.actor import OutboundActor, OutboundMessage, SendFailed
 from workers.session.host import Session, SessionContext, SessionFactory
+from workers.session.inbound import InboundBatcher
 from workers.session.media import MediaPolicy, media_bytes
 
 logger = logging.getLogger(__name__)
@@ -129,6 +132,11 @@ class WhatsAppSession:
         self._code_requested = False
         self._logging_out = False
         self._lock = asyncio.Lock()  # one reconcile (open or command) at a time
+        self._inbound_batches = InboundBatcher(
+            _publish_inbound,
+            max_messages=deps.settings.inbound_batch_size,
+            linger=deps.settings.inbound_batch_linger,
+        )
 
     # -- Session ----------------------------------------------------------------------------
 
@@ -151,6 +159,7 @@ class WhatsAppSession:
                 on_event=self._emit,
             )
             self._tasks.append(asyncio.create_task(self._actor.run()))
+            self._tasks.append(asyncio.create_task(self._inbound_batches.run()))
             await self._reconcile(instance, linked, opening=True)
 
     async def command(self) -> None:
@@ -170,6 +179,10 @@ class WhatsAppSession:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._tasks[0]), ACK_TIMEOUT + 5.0)
         linking = self._client is not None and not self._client.connected
+        # Messages received but not yet published go to the broker (and are acked) before
+        # the socket closes; if this fails they are not acked, and WhatsApp redelivers them.
+        with contextlib.suppress(Exception):
+            await self._inbound_batches.flush()
         await self._stop_client()
         if linking:  # a QR or code of this socket is dead now; the next owner shows its own
             with contextlib.suppress(Exception):
@@ -571,11 +584,9 @@ class WhatsAppSession:
             text=text,
             media=media,
         )
-        # Ack after persist (DESIGN §3.7): the task is in the broker before WhatsApp hears back.
-        await asyncio.to_thread(
-            app.send_task, ROUTE_INBOUND_TASK, args=[msg.to_dict()], queue=INBOUND_QUEUE
-        )
-        await client.confirm(event.id)
+        # Ack after persist (DESIGN §3.7): the batcher confirms the message to WhatsApp only
+        # after its batch task is in the broker.
+        self._inbound_batches.add(msg.to_dict(), partial(client.confirm, event.id))
 
     async def _receipt(self, ids: list[str], status: str) -> None:
         await asyncio.to_thread(
@@ -615,6 +626,11 @@ class WhatsAppSession:
         )
         if deliveries:
             await asyncio.to_thread(enqueue_webhooks, deliveries)
+
+
+def _publish_inbound(payloads: list[dict[str, Any]]) -> None:
+    """One routing task for a batch of decrypted messages (blocking until the broker has it)."""
+    app.send_task(ROUTE_INBOUND_BATCH_TASK, args=[payloads], queue=INBOUND_QUEUE)
 
 
 def make_factory(settings: Settings) -> SessionFactory:
