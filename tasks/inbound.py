@@ -311,7 +311,7 @@ def _store(
                 event_id = f"{BOOKING_CREATED}:{booking['id']}:{booking['status']}"
                 hooks.append((event_id, BOOKING_CREATED, iid, booking))
                 published.append((tenant_id, BOOKING_CREATED, iid, booking))
-        for iid, count in received.items():
+        for iid, count in sorted(received.items()):  # one lock order for concurrent batches
             s.execute(
                 update(Instance)
                 .where(Instance.id == iid)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -224,20 +225,25 @@ def _upsert_batch_once(
     new = [s for s in slots if s.row is None and s.merged_into is None]
     if new:
         now = utcnow()
-        inserted = session.execute(
-            insert(Contact).returning(Contact.id, Contact.phone_number, Contact.lid),
-            [
-                {
-                    "tenant_id": tenant_id,
-                    "phone_number": s.phone,
-                    "lid": s.lid,
-                    "name": s.name,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for s in new
-            ],
-        ).all()
+        table: Any = Contact.__table__
+        inserted = (
+            session.connection()
+            .execute(
+                insert(table).returning(table.c.id, table.c.phone_number, table.c.lid),
+                [
+                    {
+                        "tenant_id": tenant_id,
+                        "phone_number": s.phone,
+                        "lid": s.lid,
+                        "name": s.name,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for s in new
+                ],
+            )
+            .all()
+        )
         ids = {(r.phone_number, r.lid): r.id for r in inserted}
         for slot in new:
             slot.id = ids[(slot.phone, slot.lid)]

@@ -940,14 +940,22 @@ def inbound_routing(
             )
         what = "route_inbound tasks"
     else:
-        for k in range(0, n, batch):
+        # A session worker's batch holds the messages of its one instance, in arrival order.
+        by_instance: dict[str, list[dict[str, Any]]] = {}
+        for payload in payloads:
+            by_instance.setdefault(payload["instance_id"], []).append(payload)
+        longest = max(len(messages) for messages in by_instance.values())
+        chunks = [  # round-robin over the instances, as their sessions publish concurrently
+            messages[k : k + batch]
+            for k in range(0, longest, batch)
+            for messages in by_instance.values()
+            if messages[k : k + batch]
+        ]
+        for chunk in chunks:
             app.send_task(
-                ROUTE_INBOUND_BATCH_TASK,
-                args=[payloads[k : k + batch]],
-                queue=INBOUND_QUEUE,
-                ignore_result=True,
+                ROUTE_INBOUND_BATCH_TASK, args=[chunk], queue=INBOUND_QUEUE, ignore_result=True
             )
-        what = f"messages in route_inbound_batch tasks of {batch}"
+        what = f"messages in route_inbound_batch tasks of {batch} (one instance each)"
     _say(f"- inbound: {n} {what} queued; routing worker, prefork {concurrency}")
     rig.routing_worker("inbound", "redis", INBOUND_QUEUE, concurrency)
     _wait("the first inbound stored", lambda: _stored(rig, tag)[0] > 0, timeout=60, every=0.1)
