@@ -26,13 +26,10 @@ class Log:
             raise ConnectionError("broker gone")
         self.entries.append(("publish", [p["n"] for p in payloads]))
 
-    def confirm(self, n: int) -> Any:
-        async def confirm() -> None:
-            self.entries.append(("confirm", n))
-            if sum(1 for kind, _ in self.entries if kind == "confirm") >= self.expected:
-                self.confirmed.set()
-
-        return confirm
+    async def confirm(self, ids: list[str]) -> None:
+        self.entries += [("confirm", int(n)) for n in ids]
+        if sum(1 for kind, _ in self.entries if kind == "confirm") >= self.expected:
+            self.confirmed.set()
 
 
 def _check_acked_after_publish(log: Log) -> list[int]:
@@ -52,7 +49,7 @@ def test_full_batches_leave_at_once_and_acks_follow_each_publish() -> None:
         log = Log()
         batcher = InboundBatcher(log.publish, max_messages=100, linger=3600.0)
         for n in range(250):
-            batcher.add({"n": n}, log.confirm(n))
+            batcher.add({"n": n}, str(n), log.confirm)
         log.expected = 200
         runner = asyncio.create_task(batcher.run())
         await asyncio.wait_for(log.confirmed.wait(), WAIT)  # the linger is never waited out
@@ -75,10 +72,10 @@ def test_a_failed_publish_acks_nothing_of_its_batch() -> None:
         batcher = InboundBatcher(log.publish, max_messages=3, linger=0.0)
         runner = asyncio.create_task(batcher.run())
         for n in range(3):
-            batcher.add({"n": n}, log.confirm(n))
+            batcher.add({"n": n}, str(n), log.confirm)
         await batcher.flush()
         for n in range(3, 5):
-            batcher.add({"n": n}, log.confirm(n))
+            batcher.add({"n": n}, str(n), log.confirm)
         log.expected = 2
         await asyncio.wait_for(log.confirmed.wait(), WAIT)  # linger 0: no flush needed
         runner.cancel()

@@ -193,6 +193,35 @@ def test_decrypted_but_unconfirmed_message_survives_the_process() -> None:
     run(scenario)
 
 
+def test_confirm_many_acks_a_batch_and_empties_the_inbox() -> None:
+    # The session worker confirms a routed batch at once: one inbox write, every receipt sent.
+    async def scenario(sim: Simulator) -> None:
+        client, events, store = await linked_client(sim, OWNER)
+        ids = []
+        for text in ("a", "b"):
+            r = await control(
+                sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": text}
+            )
+            ids.append(r.json()["id"])
+            await events.next(Message, lambda m, i=ids[-1]: m.id == i)
+        assert await client.confirm_many([*ids, "3EB0NOTRECEIVED"]) == [True, True, False]
+        assert store.get_inbox(ids) == {}
+        await client.stop()
+
+        again = Client(store, options(sim))
+        events = Events(again)
+        await again.start()
+        await events.next(Connected)
+        r = await control(
+            sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": "after"}
+        )
+        after = await events.next(Message, lambda m: m.id == r.json()["id"])
+        assert [e.id for e in events.seen if isinstance(e, Message)] == [after.id]
+        await again.stop()
+
+    run(scenario)
+
+
 def test_pairing_code() -> None:
     async def scenario(sim: Simulator) -> None:
         client = Client(MemoryKeyStore(), options(sim))

@@ -1,10 +1,12 @@
 """Inbound batching of one session: decrypted messages → one `wafleet.route_inbound_batch`.
 
-`InboundBatcher.add` queues a message with its confirmation (the WhatsApp ack) and returns at
-once, so the session's event pump keeps reading. Its `run` loop gathers messages until
-`max_messages` are waiting or `linger` seconds have passed since the first one, publishes them
-as ONE task (a publisher-confirmed `send_task`, in a thread), and only then confirms each of
-them, in order (ack after persist, DESIGN §3.7, for every message of the batch). While a batch
+`InboundBatcher.add` queues a message with its id and the `confirm` of the client that received
+it (`Client.confirm_many`: the WhatsApp acks plus one key-store write removing the plaintexts
+from the inbox) and returns at once, so the session's event pump keeps reading. Its `run` loop
+gathers messages until `max_messages` are waiting or `linger` seconds have passed since the
+first one, publishes them as ONE task (a publisher-confirmed `send_task`, in a thread), and only
+then confirms them, in order, one call per run of messages from the same client (ack after
+persist, DESIGN §3.7, for every message of the batch). While a batch
 is being published the next one gathers, so a busy session sends full batches and an idle one
 waits at most `linger`.
 
@@ -25,12 +27,13 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[list[dict[str, Any]]], None]  # blocking: returns once the broker has it
-Confirm = Callable[[], Awaitable[object]]
+Confirm = Callable[[list[str]], Awaitable[object]]  # acks these message ids to WhatsApp
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
     payload: dict[str, Any]
+    message_id: str
     confirm: Confirm
 
 
@@ -49,8 +52,8 @@ class InboundBatcher:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def add(self, payload: dict[str, Any], confirm: Confirm) -> None:
-        self._waiting.append(_Pending(payload, confirm))
+    def add(self, payload: dict[str, Any], message_id: str, confirm: Confirm) -> None:
+        self._waiting.append(_Pending(payload, message_id, confirm))
         self._arrived.set()
 
     async def run(self) -> None:
@@ -87,8 +90,14 @@ class InboundBatcher:
             except Exception:  # the broker refused or is gone: no ack, WhatsApp redelivers
                 logger.exception("publishing %d inbound messages failed", len(batch))
                 return
-            for pending in batch:
+            start = 0
+            while start < len(batch):
+                confirm = batch[start].confirm
+                end = start + 1
+                while end < len(batch) and batch[end].confirm == confirm:
+                    end += 1  # the same client (bound methods compare equal)
                 try:
-                    await pending.confirm()
+                    await confirm([p.message_id for p in batch[start:end]])
                 except Exception as exc:  # the socket closed: redelivered, stored once
-                    logger.info("confirming an inbound message failed: %r", exc)
+                    logger.info("confirming %d inbound messages failed: %r", end - start, exc)
+                start = end

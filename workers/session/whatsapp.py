@@ -586,7 +586,7 @@ class WhatsAppSession:
         )
         # Ack after persist (DESIGN §3.7): the batcher confirms the message to WhatsApp only
         # after its batch task is in the broker.
-        self._inbound_batches.add(msg.to_dict(), partial(client.confirm, event.id))
+        self._inbound_batches.add(msg.to_dict(), event.id, client.confirm_many)
 
     async def _receipt(self, ids: list[str], status: str) -> None:
         await asyncio.to_thread(
