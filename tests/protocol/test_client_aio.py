@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 
@@ -193,6 +194,10 @@ def test_decrypted_but_unconfirmed_message_survives_the_process() -> None:
     run(scenario)
 
 
+def _has_id(msg_id: str, message: Message) -> bool:
+    return message.id == msg_id
+
+
 def test_confirm_many_acks_a_batch_and_empties_the_inbox() -> None:
     # The session worker confirms a routed batch at once: one inbox write, every receipt sent.
     async def scenario(sim: Simulator) -> None:
@@ -202,8 +207,9 @@ def test_confirm_many_acks_a_batch_and_empties_the_inbox() -> None:
             r = await control(
                 sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": text}
             )
-            ids.append(r.json()["id"])
-            await events.next(Message, lambda m, i=ids[-1]: m.id == i)
+            msg_id: str = r.json()["id"]
+            ids.append(msg_id)
+            await events.next(Message, partial(_has_id, msg_id))
         assert await client.confirm_many([*ids, "3EB0NOTRECEIVED"]) == [True, True, False]
         assert store.get_inbox(ids) == {}
         await client.stop()
