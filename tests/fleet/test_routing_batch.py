@@ -205,3 +205,27 @@ def test_one_message_batches_keep_the_single_message_rules(
         "booking:created",
         "whatsapp:message",
     ]
+
+
+def test_a_message_the_database_refuses_is_rejected_alone(
+    rt: runtime.Runtime, db: Factory, instance: Instance
+) -> None:
+    too_long = "9" * 200 + "@s.whatsapp.net"  # chat_jid is VARCHAR(128)
+    results = route_batch(
+        [_msg(instance, "OK1"), _msg(instance, "BIG", chat_jid=too_long), _msg(instance, "OK2")]
+    )
+    with db() as s:
+        stored = sorted(s.scalars(select(Message.wa_message_id)))
+        postgres = s.get_bind().dialect.name == "postgresql"
+    if postgres:  # the batch is refused as a whole, then routed one by one
+        assert [r.get("kind", r.get("rejected")) for r in results] == [
+            "message",
+            "invalid_inbound",
+            "message",
+        ]
+        assert stored == ["OK1", "OK2"]
+    else:  # SQLite does not enforce VARCHAR lengths: all three are stored
+        assert [r["kind"] for r in results] == ["message"] * 3
+        assert stored == ["BIG", "OK1", "OK2"]
+    with db() as s:
+        assert s.scalars(select(Booking)).one().message_count == len(stored)
