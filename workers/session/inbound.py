@@ -8,7 +8,8 @@ first one, publishes them as ONE task (a publisher-confirmed `send_task`, in a t
 then confirms them, in order, one call per run of messages from the same client (ack after
 persist, DESIGN §3.7, for every message of the batch). While a batch
 is being published the next one gathers, so a busy session sends full batches and an idle one
-waits at most `linger`.
+waits at most `linger`. One batcher serves every session of a worker process (their messages
+share batches, so a worker with many quiet instances still sends full batches under load).
 
 A failed publish confirms nothing: WhatsApp redelivers those messages (routing is idempotent).
 A crash loses only unacknowledged messages, which WhatsApp redelivers too. `flush` publishes
@@ -47,6 +48,13 @@ class InboundBatcher:
         self._waiting: list[_Pending] = []
         self._arrived = asyncio.Event()
         self._lock = asyncio.Lock()  # one publish at a time: batches leave in arrival order
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the loop on the running event loop unless it already runs (a batcher shared by
+        every session of a worker is started by the first that opens)."""
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self.run())
 
     @property
     def waiting(self) -> int:

@@ -13,10 +13,11 @@ A `WhatsAppSession`:
 * pumps the client's events: QR codes and pairing codes (also stored for the gateway in Redis,
   storage.linking, until they expire or the instance connects), connected/disconnected/logged
   out → fenced instance status updates + fleet events (webhooks + the tenant's stream);
-  decrypted messages → gathered briefly (workers.session.inbound: `inbound_batch_size`,
-  `inbound_batch_linger`) into one `wafleet.route_inbound_batch` published to the broker, and
-  only then each confirmed to WhatsApp (ack after persist, DESIGN §3.7); a closing session
-  publishes what is waiting first; receipts → `wafleet.message_status`;
+  decrypted messages → gathered briefly with those of the worker's other sessions
+  (workers.session.inbound; `inbound_batch_size`, `inbound_batch_linger`) into one
+  `wafleet.route_inbound_batch` published to the broker, and only then each confirmed to
+  WhatsApp (ack after persist, DESIGN §3.7); a closing session publishes what is waiting
+  first; receipts → `wafleet.message_status`;
 * runs the `OutboundActor`, whose `Sender` is this session: text and media (workers.session.
   media: inline bytes or a guarded URL fetch, uploaded to the server's media host) are sent with
   the preassigned WhatsApp message id; a send waits for the server ack and maps errors to
@@ -112,6 +113,8 @@ class Deps:
     linking: LinkingCodes
     media: MediaPolicy = field(default_factory=MediaPolicy)
     now: Clock = time.time  # the protocol client's clock (QR expiry, message timestamps)
+    # The worker's inbound batcher, shared by its sessions (None: each session has its own).
+    inbound: InboundBatcher | None = None
 
 
 class WhatsAppSession:
@@ -132,11 +135,7 @@ class WhatsAppSession:
         self._code_requested = False
         self._logging_out = False
         self._lock = asyncio.Lock()  # one reconcile (open or command) at a time
-        self._inbound_batches = InboundBatcher(
-            _publish_inbound,
-            max_messages=deps.settings.inbound_batch_size,
-            linger=deps.settings.inbound_batch_linger,
-        )
+        self._inbound_batches = deps.inbound or inbound_batcher(deps.settings)
 
     # -- Session ----------------------------------------------------------------------------
 
@@ -159,7 +158,7 @@ class WhatsAppSession:
                 on_event=self._emit,
             )
             self._tasks.append(asyncio.create_task(self._actor.run()))
-            self._tasks.append(asyncio.create_task(self._inbound_batches.run()))
+            self._inbound_batches.start()
             await self._reconcile(instance, linked, opening=True)
 
     async def command(self) -> None:
@@ -633,6 +632,14 @@ def _publish_inbound(payloads: list[dict[str, Any]]) -> None:
     app.send_task(ROUTE_INBOUND_BATCH_TASK, args=[payloads], queue=INBOUND_QUEUE)
 
 
+def inbound_batcher(settings: Settings) -> InboundBatcher:
+    return InboundBatcher(
+        _publish_inbound,
+        max_messages=settings.inbound_batch_size,
+        linger=settings.inbound_batch_linger,
+    )
+
+
 def make_factory(settings: Settings) -> SessionFactory:
     """The production session factory: real WhatsApp sessions for `settings`."""
     base = build_runtime(settings)
@@ -653,6 +660,7 @@ def make_factory(settings: Settings) -> SessionFactory:
         options,
         LinkingCodes(base.redis, base.bus.prefix),
         MediaPolicy(settings.media_allow_private, settings.media_fetch_timeout),
+        inbound=inbound_batcher(settings),
     )
 
     def factory(ctx: SessionContext) -> Session:
