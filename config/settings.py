@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="s between an idle actor's safety rescans (±20%)"
     )
 
+    # --- inbound -------------------------------------------------------------------------
+    inbound_batch_size: int = Field(
+        default=100, ge=1, le=1000, description="messages per wafleet.route_inbound_batch task"
+    )
+    inbound_batch_linger: float = Field(
+        default=0.015, ge=0, le=1, description="s a session waits to fill an inbound batch"
+    )
+
     # --- fleet ---------------------------------------------------------------------------
     lease_ttl: float = Field(default=30.0, gt=0, description="seconds an instance lease lives")
     lease_renew: float = Field(default=10.0, gt=0, description="seconds between renewals")

@@ -7,8 +7,9 @@ unique constraints, `acks_late`, with stable explicit names (tasks.queues):
     commands   `wafleet.instance_command` (wa.accept): connect/disconnect/logout written durably
                on the instance row, then routed to the owner's `wa.session.<worker>` queue
                (`wafleet.session_command`); instance delete with logout; number checks
-    inbound    `wafleet.route_inbound`, `wafleet.message_status` (wa.inbound): notes, contacts,
-               messages, pending bookings, receipts
+    inbound    `wafleet.route_inbound_batch`, `wafleet.route_inbound`, `wafleet.message_status`
+               (wa.inbound): notes, contacts, messages, pending bookings (a batch per
+               transaction), receipts
     webhooks   `wafleet.webhooks.deliver|replay`, `wafleet.housekeeping.webhook_sweep`
     events     webhook outbox rows for fleet events; client: the `Producer` helper for services
 Resources (sessions, Redis, event bus, keyring) come from tasks.runtime, configured by the

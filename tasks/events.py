@@ -9,14 +9,15 @@ redelivered task or a repeated decision records no second webhook delivery."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.bus import EventBus
-from storage.models import Booking, WebhookEndpoint
-from storage.repositories.webhooks import enqueue_delivery
+from storage.models import Booking, WebhookDelivery, WebhookEndpoint
+from storage.repositories.upsert import insert_many_or_ignore
 
 BOOKING_CREATED = "booking:created"
 BOOKING_UPDATED = "booking:updated"
@@ -65,23 +66,16 @@ def record_webhooks(
     Idempotent on (endpoint, event_id): a redelivered inbound message adds nothing twice.
     Returns the ids of the new deliveries (to enqueue after commit).
     """
-    return record_webhooks_many(
-        session,
-        tenant_id=tenant_id,
-        instance_id=instance_id,
-        events=[(event_id, event_type, data)],
-    )
+    return record_webhooks_many(session, tenant_id, [(event_id, event_type, instance_id, data)])
 
 
 def record_webhooks_many(
     session: Session,
-    *,
     tenant_id: uuid.UUID,
-    instance_id: uuid.UUID | None,
-    events: list[tuple[str, str, dict[str, Any]]],
+    events: Sequence[tuple[str, str, uuid.UUID | None, dict[str, Any]]],
 ) -> list[int]:
-    """`record_webhooks` for several (event_id, event_type, data) of one tenant and instance,
-    reading the tenant's endpoints once."""
+    """`record_webhooks` for a batch of the tenant's (event id, type, instance, data) events:
+    the endpoints are read once and the deliveries written in one statement."""
     if not events:
         return []
     endpoints = session.scalars(
@@ -89,26 +83,27 @@ def record_webhooks_many(
             WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True)
         )
     ).all()
-    new: list[int] = []
-    for event_id, event_type, data in events:
-        payload = {
-            "id": event_id,
-            "type": event_type,
-            "instance_id": None if instance_id is None else str(instance_id),
-            "data": data,
+    rows = [
+        {
+            "tenant_id": endpoint.tenant_id,
+            "endpoint_id": endpoint.id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "payload": {
+                "id": event_id,
+                "type": event_type,
+                "instance_id": None if instance_id is None else str(instance_id),
+                "data": data,
+            },
         }
-        for endpoint in endpoints:
-            if wants(endpoint, event_type, instance_id):
-                stored = enqueue_delivery(
-                    session,
-                    endpoint=endpoint,
-                    event_id=event_id,
-                    event_type=event_type,
-                    payload=payload,
-                )
-                if stored.created:
-                    new.append(stored.id)
-    return new
+        for event_id, event_type, instance_id, data in events
+        for endpoint in endpoints
+        if wants(endpoint, event_type, instance_id)
+    ]
+    inserted = insert_many_or_ignore(
+        session, WebhookDelivery, rows, ("endpoint_id", "event_id"), ("id",)
+    )
+    return [int(r.id) for r in inserted]
 
 
 def publish_event(

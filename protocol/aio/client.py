@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -165,6 +165,11 @@ class Client:
     async def confirm(self, message_id: str) -> bool:
         """The application stored this message: send its receipt (else it is redelivered)."""
         return await self._call(lambda c: c.confirm(message_id))
+
+    async def confirm_many(self, message_ids: Sequence[str]) -> list[bool]:
+        """`confirm` for a batch the application stored: one key-store write, their receipts."""
+        ids = list(message_ids)
+        return await self._call(lambda c: c.confirm_many(ids))
 
     async def send_media(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -976,6 +976,17 @@ class Connection:
         if self.state is not ConnectionState.CLOSED:
             self.send_node(pending.node)
         return True
+
+    def confirm_many(self, message_ids: Sequence[str]) -> list[bool]:
+        """`confirm` for several messages: one key-store write, then their receipts in order."""
+        self._store.delete_inbox([_inbox_key(m) for m in message_ids])
+        done = []
+        for message_id in message_ids:
+            pending = self._unconfirmed.pop(message_id, None)
+            if pending is not None and self.state is not ConnectionState.CLOSED:
+                self.send_node(pending.node)
+            done.append(pending is not None)
+        return done
 
     def _nack(self, node: Node, error: int) -> None:
         attrs: dict[str, str | JID] = {

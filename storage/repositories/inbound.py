@@ -1,16 +1,19 @@
 """Inbound storage: messages, the owner's notes, and the open pending booking per contact.
 
 Every write is idempotent on the WhatsApp message id through a unique constraint (DESIGN §3.7):
-a redelivered message finds its row instead of creating a second one.
+a redelivered message finds its row instead of creating a second one. The `_many` forms write a
+batch (inbound routing of a batch) in one or two statements each.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Row, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -22,7 +25,13 @@ from storage.models import (
     Note,
     utcnow,
 )
-from storage.repositories.upsert import Stored, insert_or_find, insert_or_ignore
+from storage.repositories.upsert import (
+    Stored,
+    insert_many_or_find,
+    insert_or_find,
+    insert_or_ignore,
+    upsert_many,
+)
 
 BOOKING_SOURCE_WHATSAPP = "whatsapp"
 
@@ -62,6 +71,89 @@ def store_inbound_message(
         },
         ("instance_id", "direction", "wa_message_id"),
     )
+
+
+def store_inbound_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[Stored]:
+    """`store_inbound_message` for a batch: each row holds that function's keyword arguments
+    (`media` and `wa_timestamp` included); one `Stored` per row, in order (ids in that order)."""
+    now = utcnow()
+    return insert_many_or_find(
+        session,
+        Message,
+        [
+            {
+                **row,
+                "direction": Direction.IN,
+                "status": MessageStatus.RECEIVED,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ],
+        ("instance_id", "direction", "wa_message_id"),
+    )
+
+
+def store_notes(session: Session, rows: Sequence[dict[str, Any]]) -> list[Stored]:
+    """`store_note` for a batch: each row holds that function's keyword arguments."""
+    now = utcnow()
+    return insert_many_or_find(
+        session,
+        Note,
+        [{**row, "created_at": now} for row in rows],
+        ("instance_id", "wa_message_id"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessages:
+    """A contact's messages newly stored by one batch, for `attach_to_pending_bookings`."""
+
+    tenant_id: uuid.UUID
+    contact_id: int
+    instance_id: uuid.UUID | None
+    first_message_id: int
+    count: int
+
+
+def attach_to_pending_bookings(
+    session: Session, batch: Sequence[NewMessages], source: str = BOOKING_SOURCE_WHATSAPP
+) -> list[tuple[Row[Any], bool]]:
+    """`attach_to_pending_booking` for a batch, in one upsert: each contact's open pending
+    booking is created (first message = its first new message) or has `count` added.
+
+    Returns per contact (one entry each, at most once in `batch`) the booking row (id,
+    contact_id, status, source, first_message_id, message_count) and whether it was created: a
+    created booking is the only one whose first message is a message of this batch.
+    """
+    now = utcnow()
+    rows = upsert_many(
+        session,
+        Booking,
+        [
+            {
+                "tenant_id": b.tenant_id,
+                "contact_id": b.contact_id,
+                "instance_id": b.instance_id,
+                "status": BookingStatus.PENDING,
+                "source": source,
+                "first_message_id": b.first_message_id,
+                "message_count": b.count,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for b in batch
+        ],
+        ("contact_id",),
+        lambda excluded: {
+            "message_count": Booking.message_count + excluded.message_count,
+            "updated_at": excluded.updated_at,
+        },
+        ("id", "contact_id", "status", "source", "first_message_id", "message_count"),
+        conflict_where=text("status = 'pending'"),
+    )
+    first = {b.contact_id: b.first_message_id for b in batch}
+    return [(row, row.first_message_id == first[row.contact_id]) for row in rows]
 
 
 def store_note(

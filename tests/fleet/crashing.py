@@ -3,8 +3,9 @@
 
 The production WhatsApp session (workers.session.whatsapp), except that a received text
 containing `CRASH_MARKER` ends the process at once with `CRASH_EXIT` — after the message was
-decrypted, before `wafleet.route_inbound` reached the broker, so it was never confirmed to
-WhatsApp. The simulator must redeliver it to whichever worker owns the instance next.
+decrypted, before its `wafleet.route_inbound_batch` reached the broker, so it was never
+confirmed to WhatsApp. The simulator must redeliver it to whichever worker owns the instance
+next.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from storage.models import Booking, Contact, Instance, Message, Note, OutboxMess
 from storage.repositories import instances, outbox, tenants, webhooks
 from tasks.errors import Rejected
 from tasks.inbound import InboundMessage
-from tasks.queues import MESSAGE_STATUS_TASK, ROUTE_INBOUND_TASK
+from tasks.queues import MESSAGE_STATUS_TASK, ROUTE_INBOUND_BATCH_TASK, ROUTE_INBOUND_TASK
 from tests.fleet.conftest import MASTER_KEY
 
 Factory = sessionmaker[Session]
@@ -158,6 +158,67 @@ def test_bad_inbound_is_rejected_precisely(
     assert err.value.code == "invalid_inbound"
     with pytest.raises(Rejected):
         _route(producer, _msg(instance, "G2", sender_phone=None, sender_lid=None))
+
+
+def test_a_batch_task_routes_each_message_once_with_webhooks_and_events(
+    routing_worker: subprocess.Popen[bytes],
+    producer: Celery,
+    pg: Factory,
+    instance: Instance,
+    fleet_settings: Settings,
+    redis_client: Any,
+) -> None:
+    from storage.models import WebhookDelivery
+
+    batch = [
+        _msg(instance, "B1").to_dict(),
+        _msg(instance, "B2", from_me=True, text="owner").to_dict(),
+        {"nonsense": 1},
+        _msg(instance, "B3", sender_phone=None, sender_lid="800000000000003").to_dict(),
+        _msg(instance, "B4", instance_id=str(uuid.uuid4())).to_dict(),
+        _msg(
+            instance, "B5", sender_phone="5511977770001", sender_lid="800000000000003"
+        ).to_dict(),  # the LID contact of B3 is Carla: merged inside the batch
+        _msg(instance, "B6", text="Amanhã?").to_dict(),
+    ]
+
+    def route_all() -> list[dict[str, Any]]:
+        result = producer.send_task(ROUTE_INBOUND_BATCH_TASK, args=[batch]).get(timeout=TIMEOUT)
+        return list(result)
+
+    first = route_all()
+    assert [r.get("kind", r.get("rejected")) for r in first] == [
+        "message",
+        "note",
+        "invalid_inbound",
+        "message",
+        "unknown_instance",
+        "message",
+        "message",
+    ]
+    bus = EventBus(redis_client, fleet_settings.redis_prefix)
+
+    def seen() -> tuple[int, int, int, int, int]:
+        events = bus.read(instance.tenant_id).events
+        return (
+            _count(pg, Message),
+            _count(pg, Note),
+            _count(pg, Contact),
+            _count(pg, WebhookDelivery),
+            len(events),
+        )
+
+    # 4 messages + 1 note; one contact; webhooks for whatsapp:message only; 5 + 1 booking events
+    assert seen() == (4, 1, 1, 5, 6)
+    again = route_all()  # a redelivered batch
+    assert [r.get("created") for r in again] == [False, False, None, False, None, False, False]
+    assert seen() == (4, 1, 1, 5, 6)
+    with pg() as s:
+        assert s.scalars(select(Booking)).one().message_count == 4
+        assert s.get(Instance, instance.id).messages_received == 5  # type: ignore[union-attr]
+    with pytest.raises(Rejected) as err:
+        producer.send_task(ROUTE_INBOUND_BATCH_TASK, args=[{"not": "a list"}]).get(timeout=TIMEOUT)
+    assert err.value.code == "invalid_inbound"
 
 
 def test_receipts_only_move_status_forward(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 
@@ -189,6 +190,40 @@ def test_decrypted_but_unconfirmed_message_survives_the_process() -> None:
         assert after.content == Text("after")
         assert [e.id for e in events.seen if isinstance(e, Message)] == [after.id]
         await third.stop()
+
+    run(scenario)
+
+
+def _has_id(msg_id: str, message: Message) -> bool:
+    return message.id == msg_id
+
+
+def test_confirm_many_acks_a_batch_and_empties_the_inbox() -> None:
+    # The session worker confirms a routed batch at once: one inbox write, every receipt sent.
+    async def scenario(sim: Simulator) -> None:
+        client, events, store = await linked_client(sim, OWNER)
+        ids = []
+        for text in ("a", "b"):
+            r = await control(
+                sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": text}
+            )
+            msg_id: str = r.json()["id"]
+            ids.append(msg_id)
+            await events.next(Message, partial(_has_id, msg_id))
+        assert await client.confirm_many([*ids, "3EB0NOTRECEIVED"]) == [True, True, False]
+        assert store.get_inbox(ids) == {}
+        await client.stop()
+
+        again = Client(store, options(sim))
+        events = Events(again)
+        await again.start()
+        await events.next(Connected)
+        r = await control(
+            sim, "POST", f"/control/accounts/{BOB}/messages", {"to": OWNER, "text": "after"}
+        )
+        after = await events.next(Message, lambda m: m.id == r.json()["id"])
+        assert [e.id for e in events.seen if isinstance(e, Message)] == [after.id]
+        await again.stop()
 
     run(scenario)
 

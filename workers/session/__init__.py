@@ -8,6 +8,7 @@
     whatsapp the production session (protocol.aio client + key store + actor): applies the
              instance's desired state (connect by QR/code, disconnect, logout)
     actor    `OutboundActor`: the outbox sent in per-chat order with pacing and retries
+    inbound  `InboundBatcher`: decrypted messages gathered into one routing task, then acked
     media    outbound media bytes (inline, or an SSRF-guarded URL fetch) and their upload
     metrics  the worker process's Prometheus metrics (sends, retries, reconnects, hosted
              sessions), served on WAFLEET_SESSION_METRICS_PORT; bounded labels only

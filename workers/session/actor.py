@@ -116,7 +116,9 @@ class StatusEvents:
 
     def record(self, session: Session, instance_id: uuid.UUID, events: list[Event]) -> list[int]:
         return record_webhooks_many(
-            session, tenant_id=self.tenant_id, instance_id=instance_id, events=events
+            session,
+            self.tenant_id,
+            [(e_id, e_type, instance_id, data) for e_id, e_type, data in events],
         )
 
     def announce(self, instance_id: uuid.UUID, events: list[Event], deliveries: list[int]) -> None:

@@ -12,9 +12,12 @@ A `WhatsAppSession`:
   are destroyed and the state is logged_out. A `command_seq` is applied once;
 * pumps the client's events: QR codes and pairing codes (also stored for the gateway in Redis,
   storage.linking, until they expire or the instance connects), connected/disconnected/logged
-  out → fenced instance status updates + fleet events (webhooks + the tenant's stream); a
-  decrypted message → `wafleet.route_inbound` published to the broker, and only then
-  confirmed to WhatsApp (ack after persist, DESIGN §3.7); receipts → `wafleet.message_status`;
+  out → fenced instance status updates + fleet events (webhooks + the tenant's stream);
+  decrypted messages → gathered briefly with those of the worker's other sessions
+  (workers.session.inbound; `inbound_batch_size`, `inbound_batch_linger`) into one
+  `wafleet.route_inbound_batch` published to the broker, and only then each confirmed to
+  WhatsApp (ack after persist, DESIGN §3.7); a closing session publishes what is waiting
+  first; receipts → `wafleet.message_status`;
 * runs the `OutboundActor`, whose `Sender` is this session: text and media (workers.session.
   media: inline bytes or a guarded URL fetch, uploaded to the server's media host) are sent with
   the preassigned WhatsApp message id; a send waits for the server ack and maps errors to
@@ -80,12 +83,13 @@ from storage.repositories.instances import destroy_device, update_fenced
 from tasks.app import app
 from tasks.events import publish_event
 from tasks.inbound import InboundMessage
-from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_TASK
+from tasks.queues import INBOUND_QUEUE, MESSAGE_STATUS_TASK, ROUTE_INBOUND_BATCH_TASK
 from tasks.webhooks import enqueue as enqueue_webhooks
 from workers.delivery import Pacer, RetryPolicy, SendFailure
 from workers.routing import build_runtime
 from workers.session.actor import OutboundActor, OutboundMessage, SendFailed, StatusEvents
 from workers.session.host import Session, SessionContext, SessionFactory
+from workers.session.inbound import InboundBatcher
 from workers.session.media import MediaPolicy, media_bytes
 from workers.session.metrics import METRICS
 
@@ -110,6 +114,8 @@ class Deps:
     linking: LinkingCodes
     media: MediaPolicy = field(default_factory=MediaPolicy)
     now: Clock = time.time  # the protocol client's clock (QR expiry, message timestamps)
+    # The worker's inbound batcher, shared by its sessions (None: each session has its own).
+    inbound: InboundBatcher | None = None
 
 
 class WhatsAppSession:
@@ -131,6 +137,7 @@ class WhatsAppSession:
         self._logging_out = False
         self._linking = False  # a QR or code is shown, or paired and not yet logged in
         self._lock = asyncio.Lock()  # one reconcile (open or command) at a time
+        self._inbound_batches = deps.inbound or inbound_batcher(deps.settings)
 
     # -- Session ----------------------------------------------------------------------------
 
@@ -156,6 +163,7 @@ class WhatsAppSession:
                 rescan=s.outbox_rescan,
             )
             self._tasks.append(asyncio.create_task(self._actor.run()))
+            self._inbound_batches.start()
             await self._reconcile(instance, linked, opening=True)
 
     async def command(self) -> None:
@@ -175,6 +183,10 @@ class WhatsAppSession:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._tasks[0]), ACK_TIMEOUT + 5.0)
         linking = self._client is not None and not self._client.connected
+        # Messages received but not yet published go to the broker (and are acked) before
+        # the socket closes; if this fails they are not acked, and WhatsApp redelivers them.
+        with contextlib.suppress(Exception):
+            await self._inbound_batches.flush()
         await self._stop_client()
         if linking:  # a QR or code of this socket is dead now; the next owner shows its own
             with contextlib.suppress(Exception):
@@ -590,11 +602,9 @@ class WhatsAppSession:
             text=text,
             media=media,
         )
-        # Ack after persist (DESIGN §3.7): the task is in the broker before WhatsApp hears back.
-        await asyncio.to_thread(
-            app.send_task, ROUTE_INBOUND_TASK, args=[msg.to_dict()], queue=INBOUND_QUEUE
-        )
-        await client.confirm(event.id)
+        # Ack after persist (DESIGN §3.7): the batcher confirms the message to WhatsApp only
+        # after its batch task is in the broker.
+        self._inbound_batches.add(msg.to_dict(), event.id, client.confirm_many)
 
     async def _receipt(self, ids: list[str], status: str) -> None:
         await asyncio.to_thread(
@@ -638,6 +648,19 @@ class WhatsAppSession:
             await asyncio.to_thread(enqueue_webhooks, deliveries)
 
 
+def _publish_inbound(payloads: list[dict[str, Any]]) -> None:
+    """One routing task for a batch of decrypted messages (blocking until the broker has it)."""
+    app.send_task(ROUTE_INBOUND_BATCH_TASK, args=[payloads], queue=INBOUND_QUEUE)
+
+
+def inbound_batcher(settings: Settings) -> InboundBatcher:
+    return InboundBatcher(
+        _publish_inbound,
+        max_messages=settings.inbound_batch_size,
+        linger=settings.inbound_batch_linger,
+    )
+
+
 def make_factory(settings: Settings) -> SessionFactory:
     """The production session factory: real WhatsApp sessions for `settings`."""
     base = build_runtime(settings)
@@ -658,6 +681,7 @@ def make_factory(settings: Settings) -> SessionFactory:
         options,
         LinkingCodes(base.redis, base.bus.prefix),
         MediaPolicy(settings.media_allow_private, settings.media_fetch_timeout),
+        inbound=inbound_batcher(settings),
     )
 
     def factory(ctx: SessionContext) -> Session:
