@@ -25,7 +25,7 @@ Then: handover on scale (a second worker joins) and on crash (SIGKILL), inbound 
 end-to-end inbound run (simulated phones write to instances). CPU seconds per process for each
 phase name the bottleneck; py-spy (if installed) samples the busiest process.
 
-Run: `.venv/bin/python -m tests.benchmarks fleet` (full, ~45 minutes on a loaded 2-core
+Run: `.venv/bin/python -m tests.benchmarks fleet` (full, up to ~60 minutes on a 2-core
 machine; writes docs/BENCHMARKS.md and keeps the figures in tests/artifacts/), or
 `.venv/bin/python -m tests.benchmarks.bench_fleet --quick` (100 instances, ~2 minutes, prints
 only); `--report` re-renders the last full run's saved figures into the doc. Figures only;
@@ -129,7 +129,7 @@ class Plan:
             return cls((100,), 200, 50, 3, 0, 0, 600, 3000, 300, (ROUTING_CONCURRENCY,), 100, 600)
         return cls(
             (100, 1000, 5000), 200, 50, 4, 500, 2, 600, 20_000, 2000,
-            (ROUTING_CONCURRENCY, 2 * ROUTING_CONCURRENCY), 1000, 1500,
+            (ROUTING_CONCURRENCY, 2 * ROUTING_CONCURRENCY), 1000, 2400,
         )  # fmt: skip
 
 
