@@ -1164,8 +1164,8 @@ def _analysis(res: Results) -> list[str]:
         session = per.get("a", 0.0)
         routing = per.get("routing", 0.0)
         out.append(
-            f"- The machine, first: with the load averages above (other jobs on the same 2 "
-            f"cores), this pipeline's processes together got {ours * 100:.0f}% of one core "
+            f"- The machine, first: on 2 cores (load averages above), this pipeline's "
+            f"processes together got {ours * 100:.0f}% of one core "
             f"while messages were flowing ({first.broker}, {first.size:,} instances). The "
             f"load-independent figure is CPU per message: {total:.0f} ms in all "
             f"(session worker {session:.0f} ms, routing worker {routing:.0f} ms for accept + "
@@ -1180,9 +1180,14 @@ def _analysis(res: Results) -> list[str]:
         )
         prof = next((s.profile for s in res.sizes if s.profile), [])
         mine = [name for name, _ in _ours(prof) if "(own)" not in name][:4]
-        under = " (" + ", ".join(f"`{m.split(' (')[0]}`" for m in mine) + ")" if mine else ""
+        under = (
+            ", where most py-spy samples of the burst fall under "
+            + ", ".join(f"`{m.split(' (')[0]}`" for m in mine)
+            if mine
+            else ""
+        )
         out.append(
-            "- In the session worker, the time goes to the outbox actor's database work"
+            "- In the session worker"
             + under
             + ": per accepted message a `wafleet.deliver` wake-up task, then claim-and-settle "
             "passes — one fenced `UPDATE … RETURNING` claims up to 16 due chat heads, and "
@@ -1270,7 +1275,7 @@ def _analysis(res: Results) -> list[str]:
             f"- Batched (`wafleet.route_inbound_batch`, {best.batch} messages a task and a "
             f"transaction, multi-row statements): {best.rate:.0f} msg/s with prefork "
             f"{best.concurrency} (target ≥ 2,000: "
-            f"{'**met**' if best.rate >= 2000 else '**not met** on this loaded machine'}); "
+            f"{'**met**' if best.rate >= 2000 else '**not met** on this machine'}); "
             f"{ms:.2f} ms of routing-worker CPU a message, so two idle cores would route about "
             f"{2000 / max(ms, 0.01):,.0f} msg/s."
         )
@@ -1288,7 +1293,7 @@ def report(res: Results) -> str:
         "### Fleet: outbound, handover, inbound routing",
         "",
         f"Run {res.started}, CPython {platform.python_version()} ({platform.machine()}), "
-        f"{os.cpu_count()} cores shared with other jobs: load average (1/5/15 min) "
+        f"{os.cpu_count()} cores: load average (1/5/15 min) "
         f"{res.load_start} at the start, {res.load_end} at the end. Real processes: simulator, "
         f"one session worker (`workers.session.whatsapp:make_factory`, threads pool 4), one "
         f"routing worker (prefork {ROUTING_CONCURRENCY}: wa.accept + wa.inbound), Postgres, "
@@ -1297,8 +1302,8 @@ def report(res: Results) -> str:
         f"send (after one warm-up message each, so Signal sessions exist) to {CLIENTS} "
         f"simulated phones, which answer with delivery receipts. Beyond 1,000 the fleet "
         f"grows with owned but unlinked instances (lease held, queue consumed, outbox actor "
-        f"running, no socket): linking thousands more by QR runs at a few per second on this "
-        f"loaded machine. Accept → ack = "
+        f"running, no socket): linking by QR runs at about ten per second here (below), too "
+        f"slow for thousands within one run. Accept → ack = "
         f"`outbox.created_at` (accept, routing worker) → `outbox.sent_at` (written by the owner "
         f"right after the server ack); publish → ack starts at the producer's `send_task`. "
         f"Lease TTL {LEASE_TTL:.0f} s, member TTL {MEMBER_TTL:.0f} s. "
