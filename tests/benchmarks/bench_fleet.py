@@ -1194,7 +1194,11 @@ def _analysis(res: Results) -> list[str]:
             "after the sends one transaction records every outcome (sent move, counter, the "
             "status events' webhook rows) together with the next claim: two transactions for "
             "a message that arrives alone, fewer per message in a burst. The statements are "
-            "built once (bind parameters). Signal encryption is a minor part (bench:signal)."
+            "built once (bind parameters). Signal's arithmetic is cheap (bench:signal), but on "
+            "the send path its key store is Postgres, read and written inside the client's "
+            "handling of each send's usync result (device check, encryption, session writes; "
+            "there is no device-list cache yet, so every send asks usync first): the py-spy "
+            "lines below show how much of the worker sits under it, waiting on Postgres."
         )
     targets = [s for s in res.sizes if s.target is not None]
     for s in targets:
