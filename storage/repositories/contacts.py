@@ -1,15 +1,15 @@
 """Contacts per tenant, keyed by BOTH phone number and LID (DESIGN §3.8).
 
 WhatsApp increasingly hides numbers behind `@lid` addresses, so one person may first appear by
-LID and later by number (or the reverse). `upsert_contact` stores both when known and merges two
-rows that turn out to be the same person: the older row survives, the other's messages and
+LID and later by number (or the reverse). `upsert_contacts` stores both when known and merges
+two rows that turn out to be the same person: the older row survives, the other's messages and
 bookings move to it (an open pending booking is folded into the survivor's), and it is deleted.
 
-`upsert_contacts` is the batch form (inbound routing of a batch): one locking read of every row
-the batch names, the sightings applied in order in memory with exactly `upsert_contact`'s rules,
-then one multi-row insert of the new contacts and updates of the changed ones. Two rows already
-stored that turn out to be one person are merged as above; a contact created and merged inside
-the same batch is never written as two rows (the survivor is the one seen first).
+It takes a batch of sightings (inbound routing of a batch): one locking read of every row the
+batch names, the sightings applied in order in memory, then one multi-row insert of the new
+contacts and updates of the changed ones; a contact created and merged inside the same batch is
+never written as two rows (the survivor is the one seen first). `upsert_contact` is the form for
+one sighting.
 """
 
 from __future__ import annotations
@@ -37,58 +37,11 @@ def upsert_contact(
     lid: str | None = None,
     name: str | None = None,
 ) -> Contact:
-    """The tenant's contact for this phone number and/or LID, created or merged as needed."""
-    if not phone_number and not lid:
-        raise InvalidValue("a contact needs a phone number or a LID", field="phone_number")
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            with session.begin_nested():
-                return _upsert_once(session, tenant_id, phone_number, lid, name)
-        except IntegrityError:
-            continue  # another transaction created one of them first; look again
-    raise Conflict(
-        "contact upsert kept conflicting",
-        constraint="uq_contacts",
-        phone_number=phone_number,
-        lid=lid,
-    )
-
-
-def _upsert_once(
-    session: Session, tenant_id: uuid.UUID, phone: str | None, lid: str | None, name: str | None
-) -> Contact:
-    by_phone = by_lid = None
-    if phone:
-        by_phone = session.scalar(
-            select(Contact)
-            .where(Contact.tenant_id == tenant_id, Contact.phone_number == phone)
-            .with_for_update()
-        )
-    if lid:
-        by_lid = session.scalar(
-            select(Contact)
-            .where(Contact.tenant_id == tenant_id, Contact.lid == lid)
-            .with_for_update()
-        )
-    if by_phone is not None and by_lid is not None and by_phone.id != by_lid.id:
-        survivor, other = sorted((by_phone, by_lid), key=lambda c: c.id)
-        _merge(session, survivor, other)
-        contact = survivor
-    else:
-        contact_or_none = by_phone or by_lid
-        if contact_or_none is None:
-            contact = Contact(tenant_id=tenant_id, phone_number=phone, lid=lid, name=name)
-            session.add(contact)
-            session.flush()
-            return contact
-        contact = contact_or_none
-    if phone and contact.phone_number is None:
-        contact.phone_number = phone
-    if lid and contact.lid is None:
-        contact.lid = lid
-    if name and contact.name != name:
-        contact.name = name
-    session.flush()
+    """The tenant's contact for this phone number and/or LID, created or merged as needed
+    (`upsert_contacts` with one sighting)."""
+    (contact_id,) = upsert_contacts(session, tenant_id, [(phone_number, lid, name)])
+    contact = session.get(Contact, contact_id)
+    assert contact is not None  # written or locked by this transaction
     return contact
 
 
@@ -147,8 +100,8 @@ Sighting = tuple[str | None, str | None, str | None]  # (phone number, LID, push
 def upsert_contacts(
     session: Session, tenant_id: uuid.UUID, sightings: Sequence[Sighting]
 ) -> list[int]:
-    """The contact id of each (phone, lid, name) sighting, in order, as if `upsert_contact` had
-    been called for each in turn; every sighting needs a phone number or a LID."""
+    """The contact id of each (phone, lid, name) sighting, in order, as if each had been
+    stored in turn; every sighting needs a phone number or a LID."""
     if not sightings:
         return []
     for phone, lid, _ in sightings:
