@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,25 @@ ROOT = Path(__file__).resolve().parents[2]
 MASTER_KEY = "44" * 32
 ARTIFACTS = ROOT / "tests" / "artifacts"  # worker logs of the last run (gitignored)
 Popen = subprocess.Popen[bytes]
+
+
+def poll_until(
+    what: str,
+    check: Callable[[], Any],
+    state: Callable[[], object] = lambda: None,
+    *,
+    wait: float,
+    every: float = 0.2,
+) -> Any:
+    """Poll `check` (state written by other processes) until it is truthy and return it; fail
+    after `wait` seconds naming `what` and `state()`. Modules bind their own `wait`."""
+    tick = threading.Event()
+    for _ in range(round(wait / every)):
+        value = check()
+        if value:
+            return value
+        tick.wait(every)
+    raise AssertionError(f"timed out waiting for {what}; state: {state()}")
 
 
 def log_file(name: str) -> Path:

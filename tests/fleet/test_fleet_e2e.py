@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 import httpx
@@ -34,6 +34,7 @@ from tasks.queues import SEND_BULK_TASK
 from tests.fleet.conftest import (
     SimulatorThread,
     connecting_fleet,
+    poll_until,
     start_session_worker,
 )
 
@@ -46,14 +47,7 @@ WAIT = 240.0
 DONE = (OutboxStatus.SENT, OutboxStatus.DELIVERED, OutboxStatus.READ)
 
 
-def poll(what: str, check: Any, state: Any = lambda: None) -> Any:
-    tick = threading.Event()
-    for _ in range(int(WAIT * 5)):
-        value = check()
-        if value:
-            return value
-        tick.wait(0.2)  # polling state written by other processes
-    raise AssertionError(f"timed out waiting for {what}; state: {state()}")
+poll = partial(poll_until, wait=WAIT)
 
 
 @pytest.mark.timeout(900)  # 50 linkings and 2,000 sends: ~1 min alone, slower under load

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ from config.settings import Settings
 from storage.crypto import Keyring
 from storage.repositories import instances, tenants
 from tasks.queues import out_queue
-from tests.fleet.conftest import MASTER_KEY, spawn, start_session_worker, stop_process
+from tests.fleet.conftest import MASTER_KEY, poll_until, spawn, start_session_worker, stop_process
 
 Factory = sessionmaker[Session]
 WAIT = 120.0
@@ -32,14 +32,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def poll(what: str, check: Any, state: Any = lambda: None) -> Any:
-    tick = threading.Event()
-    for _ in range(int(WAIT * 2)):
-        value = check()
-        if value:
-            return value
-        tick.wait(0.5)  # polling another process's view
-    raise AssertionError(f"timed out waiting for {what}; state: {state()}")
+poll = partial(poll_until, wait=WAIT, every=0.5)
 
 
 @pytest.fixture

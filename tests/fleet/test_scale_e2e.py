@@ -12,6 +12,7 @@ import subprocess
 import threading
 import uuid
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from protocol.simulator import Simulator
 from storage.bus import EventBus
 from storage.models import Instance, InstanceStatus, OutboxMessage, OutboxStatus
 from tasks.queues import SEND_BULK_TASK
-from tests.fleet.conftest import connecting_fleet, start_session_worker
+from tests.fleet.conftest import connecting_fleet, poll_until, start_session_worker
 from workers.assignment import assignment
 
 Factory = sessionmaker[Session]
@@ -38,14 +39,7 @@ MAX_BACKLOG = 20
 DONE = (OutboxStatus.SENT, OutboxStatus.DELIVERED, OutboxStatus.READ)
 
 
-def poll(what: str, check: Any, state: Any = lambda: None) -> Any:
-    tick = threading.Event()
-    for _ in range(int(WAIT * 5)):
-        value = check()
-        if value:
-            return value
-        tick.wait(0.2)  # polling state written by other processes
-    raise AssertionError(f"timed out waiting for {what}; state: {state()}")
+poll = partial(poll_until, wait=WAIT)
 
 
 class Load:

@@ -10,11 +10,11 @@ Postgres as contact + message + pending booking; the owner's own phone message b
 from __future__ import annotations
 
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -39,7 +39,13 @@ from storage.models import (
 )
 from storage.repositories import instances, tenants
 from tasks.queues import SEND_MESSAGE_TASK
-from tests.fleet.conftest import MASTER_KEY, SESSION_FACTORY, start_session_worker, stop_process
+from tests.fleet.conftest import (
+    MASTER_KEY,
+    SESSION_FACTORY,
+    poll_until,
+    start_session_worker,
+    stop_process,
+)
 
 Factory = sessionmaker[Session]
 WAIT = 60.0
@@ -47,14 +53,7 @@ OWNER = "5511990000001"
 CLIENT = "5511990000002"
 
 
-def poll(what: str, check: Any) -> Any:
-    tick = threading.Event()
-    for _ in range(int(WAIT * 10)):
-        value = check()
-        if value:
-            return value
-        tick.wait(0.1)  # polling state written by other processes
-    raise AssertionError(f"timed out waiting for {what}")
+poll = partial(poll_until, wait=WAIT, every=0.1)
 
 
 @dataclass
